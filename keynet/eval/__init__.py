@@ -1,0 +1,1 @@
+"""Evaluation suite: datasets, protocols (Key.Net HSequences, D2-Net MMA), detectors and reports."""

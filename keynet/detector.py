@@ -1,0 +1,258 @@
+"""Multi-scale Key.Net keypoint detection: image pyramid, non-maxima suppression, global top-k.
+
+Conventions (stated once for the package):
+- Coordinates: x right, y down, the centre of pixel (col u, row v) is at (u, v).
+- Scale: the radius in pixels of the keypoint's support, as in a kornia LAF ``[A | t]`` with
+  ``A = scale * I``; it is ``scale_mult`` (22) times the pyramid level's downsampling factor.
+- A pyramid level of size (h, w) of an (H, W) image has factors fx = W / w, fy = H / h; level
+  pixel u maps to image x = (u + 0.5) * fx - 0.5, the exact inverse of ``align_corners=False``
+  resampling. ``compat="kornia"`` uses kornia's x = u * fx instead, to reproduce its numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .io.image import ImageError, load_image, to_float_gray
+from .model import pyrdown
+from .weights import load_model
+
+ImageInput = Union[str, Path, np.ndarray, torch.Tensor]
+
+
+def strict_maxima(score: torch.Tensor, size: int) -> torch.Tensor:
+    """Boolean (B,1,H,W) map of positions strictly greater than every other value in their
+    ``size`` x ``size`` window (ties suppress each other, as kornia's ``nms2d``).
+
+    The window minus its centre is covered by two max-pools: the full window over the rows above and
+    below, and the centre row without its centre (left and right halves).
+    """
+    r = size // 2
+    h, w = score.shape[-2:]
+    neg = torch.finfo(score.dtype).min
+    row_max = F.max_pool2d(F.pad(score, (r, r, 0, 0), value=neg), (1, size), stride=1)  # (B,1,H,W)
+    padded_rows = F.pad(row_max, (0, 0, r, r), value=neg)
+    above = F.max_pool2d(padded_rows[..., : h + r - 1, :], (r, 1), stride=1)[..., :h, :]
+    below = F.max_pool2d(padded_rows[..., r + 1 :, :], (r, 1), stride=1)[..., :h, :]
+    padded_cols = F.pad(score, (r, r, 0, 0), value=neg)
+    left = F.max_pool2d(padded_cols[..., : w + r - 1], (1, r), stride=1)[..., :w]
+    right = F.max_pool2d(padded_cols[..., r + 1 :], (1, r), stride=1)[..., :w]
+    neighbours = torch.maximum(torch.maximum(above, below), torch.maximum(left, right))
+    return score > neighbours
+
+
+def keypoints_to_lafs(keypoints: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Upright isotropic kornia LAFs ``[[s, 0, x], [0, s, y]]`` of shape (N, 2, 3)."""
+    lafs = torch.zeros(keypoints.shape[0], 2, 3, dtype=keypoints.dtype, device=keypoints.device)
+    lafs[:, 0, 0] = scales
+    lafs[:, 1, 1] = scales
+    lafs[:, :, 2] = keypoints
+    return lafs
+
+
+class KeyNetDetector(nn.Module):
+    """Key.Net keypoints with scale and score.
+
+    Args:
+        weights: a weights file (keynet's own or kornia's layout); None takes the package's shipped
+            weights for ``model``.
+        network: use this response network (any module mapping (B,1,H,W) to (B,1,H,W)) instead
+            of loading ``weights``.
+        model: ``"keynet"`` or ``"tiny"`` (Tiny-Key.Net).
+        device: where the network runs.
+        **conf: overrides of ``default_conf``.
+
+    Example:
+        >>> det = KeyNetDetector(num_keypoints=1024)
+        >>> out = det.detect("photo.jpg")
+        >>> out["keypoints"].shape, out["scales"].shape, out["scores"].shape
+    """
+
+    default_conf: dict[str, Any] = {
+        "num_keypoints": 2048,  # at most this many per image, the best over all levels
+        "up_levels": 1,  # levels upsampled above full resolution
+        "pyramid_levels": 4,  # levels downsampled below full resolution
+        "scale_factor": math.sqrt(2),  # between successive levels
+        "nms_size": 15,  # window of the strict-maximum test, level pixels
+        "border": 15,  # no keypoint within this many level pixels of a level's edge
+        "score_threshold": 0.0,  # keep responses strictly above it
+        "scale_mult": 22.0,  # keypoint radius at full resolution, pixels
+        "compat": None,  # None, or "kornia" for kornia's level-to-image mapping
+    }
+
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        model: str = "keynet",
+        device: str | torch.device = "cpu",
+        network: nn.Module | None = None,
+        **conf: Any,
+    ) -> None:
+        super().__init__()
+        unknown = set(conf) - set(self.default_conf)
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; options are {sorted(self.default_conf)}")
+        self.conf = {**self.default_conf, **conf}
+        c = self.conf
+        if c["compat"] not in (None, "kornia"):
+            raise ValueError(f"compat must be None or 'kornia', got {c['compat']!r}")
+        if int(c["num_keypoints"]) < 1:
+            raise ValueError(f"num_keypoints must be positive, got {c['num_keypoints']}")
+        if c["score_threshold"] < 0:
+            raise ValueError("score_threshold must be >= 0: the response is non-negative and 0 means 'none'")
+        if c["nms_size"] < 1 or c["nms_size"] % 2 == 0:
+            raise ValueError(f"nms_size must be a positive odd number, got {c['nms_size']}")
+        self.net = network if network is not None else load_model(weights, model)
+        self.net.eval()
+        # Follows .to(device) like a parameter would, also for a network without parameters.
+        self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device_probe.device
+
+    @property
+    def min_image_size(self) -> int:
+        """Smallest image side that can hold a keypoint at full resolution."""
+        return max(2 * self.conf["border"] + 1, getattr(self.net, "min_input_size", 1))
+
+    def _to_batch(self, image: ImageInput) -> tuple[torch.Tensor, bool]:
+        """A (B,1,H,W) float32 tensor in [0, 1] on the detector's device, and whether the input was a batch."""
+        if isinstance(image, (str, Path)):
+            image = load_image(image)
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(to_float_gray(image))[None, None]
+            batched = False
+        elif isinstance(image, torch.Tensor):
+            batched = image.ndim == 4
+            if image.ndim == 2:
+                image = image[None, None]
+            elif image.ndim == 3 and image.shape[0] == 1:
+                image = image[None]
+            if image.ndim != 4 or image.shape[1] != 1:
+                raise ImageError(f"tensor image must be (H,W), (1,H,W) or (B,1,H,W) grayscale, got {tuple(image.shape)}")
+            if not image.is_floating_point():
+                raise ImageError(f"tensor image must be float in [0, 1], got {image.dtype}")
+            if image.numel() == 0:
+                raise ImageError(f"tensor image has zero size {tuple(image.shape)}")
+            if not torch.isfinite(image).all():
+                raise ImageError("tensor image contains NaN or infinite values")
+            if image.min() < 0 or image.max() > 1:
+                raise ImageError("tensor image values must lie in [0, 1] (divide 8-bit data by 255)")
+            image = image.float()
+        else:
+            raise ImageError(f"unsupported image type {type(image).__name__}: use a path, numpy array or tensor")
+        h, w = image.shape[-2:]
+        if min(h, w) < self.min_image_size:
+            raise ImageError(f"image is {w}x{h} px; the detector needs at least {self.min_image_size} px per side")
+        return image.to(self.device), batched
+
+    def _levels(self, image: torch.Tensor) -> list[tuple[torch.Tensor, float, float]]:
+        """Pyramid levels ``(tensor, fx, fy)``, upsampled first, as kornia's ``MultiResolutionDetector``.
+        Levels too small to hold a keypoint are left out (they could only return nothing)."""
+        c = self.conf
+        h, w = image.shape[-2:]
+        levels = []
+        up = image
+        for i in range(c["up_levels"]):
+            f = c["scale_factor"] ** (1 + i)
+            nh, nw = int(h * f), int(w * f)
+            up = F.interpolate(up, size=(nh, nw), mode="bilinear", align_corners=False)
+            levels.append((up, w / nw, h / nh))
+        cur = image
+        for i in range(c["pyramid_levels"] + 1):
+            if i > 0:
+                cur = pyrdown(cur, c["scale_factor"])
+            nh, nw = cur.shape[-2:]
+            if min(nh, nw) < self.min_image_size:
+                break
+            levels.append((cur, w / nw, h / nh))
+        return levels
+
+    def _level_mask(self, mask: torch.Tensor, size: tuple[int, int], fx: float, fy: float) -> torch.Tensor:
+        """The image mask sampled at the image pixel nearest each level pixel's mapped position."""
+        (nh, nw), (h, w) = size, mask.shape[-2:]
+        u = torch.arange(nw, dtype=torch.float64)
+        v = torch.arange(nh, dtype=torch.float64)
+        xs, ys = self._map(u, fx), self._map(v, fy)
+        xs = xs.round().clamp(0, w - 1).long().to(mask.device)
+        ys = ys.round().clamp(0, h - 1).long().to(mask.device)
+        return mask[:, :, ys][:, :, :, xs]
+
+    def _map(self, coord: torch.Tensor, factor: float) -> torch.Tensor:
+        if self.conf["compat"] == "kornia":
+            return coord * factor
+        return (coord + 0.5) * factor - 0.5
+
+    def _to_mask(self, mask: Any, image: torch.Tensor) -> torch.Tensor:
+        m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+        b, _, h, w = image.shape
+        if m.ndim == 2:
+            m = m[None, None].expand(b, 1, h, w)
+        if tuple(m.shape) != (b, 1, h, w):
+            raise ValueError(f"mask must be (H,W) or (B,1,H,W) matching the image {(b, 1, h, w)}, got {tuple(m.shape)}")
+        return (m != 0).to(image.device)
+
+    @torch.inference_mode()
+    def detect(self, image: ImageInput, mask: Any = None, return_lafs: bool = False):
+        """Detect keypoints.
+
+        Args:
+            image: a path; an (H, W) or (H, W, 3|4) RGB(A) numpy array, uint8/uint16 or float in [0, 1];
+                or a float tensor in [0, 1] of shape (H, W), (1, H, W) or (B, 1, H, W).
+            mask: optional (H, W) or (B, 1, H, W) array; a keypoint is kept only where the mask is
+                nonzero at the image pixel nearest to it.
+            return_lafs: also return ``lafs`` (N, 2, 3), kornia's local affine frames.
+
+        Returns:
+            For a (B, 1, H, W) tensor, a list of B dicts; otherwise one dict. Each holds float32 tensors
+            ``keypoints`` (N, 2) as (x, y), ``scales`` (N,) and ``scores`` (N,), sorted by decreasing
+            score, N <= num_keypoints (fewer when the image has fewer maxima). Ties in score are broken
+            by level (upsampled first, then finer to coarser) and then by row-major pixel order.
+        """
+        batch, batched = self._to_batch(image)
+        masks = None if mask is None else self._to_mask(mask, batch)
+        results = self._detect_batch(batch, masks)
+        if return_lafs:
+            for r in results:
+                r["lafs"] = keypoints_to_lafs(r["keypoints"], r["scales"])
+        return results if batched else results[0]
+
+    def _detect_batch(self, batch: torch.Tensor, masks: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
+        c = self.conf
+        b = batch.shape[0]
+        per_image: list[list[torch.Tensor]] = [[] for _ in range(b)]  # rows: x, y, scale, score
+        for level, fx, fy in self._levels(batch):
+            score = self.net(level)
+            nh, nw = score.shape[-2:]
+            keep = strict_maxima(score, c["nms_size"]) & (score > c["score_threshold"])
+            bd = c["border"]
+            keep[..., :bd, :] = False
+            keep[..., nh - bd :, :] = False
+            keep[..., :, :bd] = False
+            keep[..., :, nw - bd :] = False
+            if masks is not None:
+                keep &= self._level_mask(masks, (nh, nw), fx, fy)
+            bi, _, v, u = torch.nonzero(keep, as_tuple=True)  # row-major order
+            s = score[bi, 0, v, u]
+            x = self._map(u.double(), fx)
+            y = self._map(v.double(), fy)
+            scale = torch.full_like(x, 0.5 * (fx + fy) * c["scale_mult"])
+            rows = torch.stack([x, y, scale, s.double()], 1)
+            for i in range(b):
+                per_image[i].append(rows[bi == i])
+        out = []
+        for rows_list in per_image:
+            rows = torch.cat(rows_list) if rows_list else torch.zeros(0, 4, dtype=torch.float64)
+            order = torch.sort(rows[:, 3], descending=True, stable=True).indices[: c["num_keypoints"]]
+            rows = rows[order].float()
+            out.append({"keypoints": rows[:, :2].contiguous(), "scales": rows[:, 2].contiguous(), "scores": rows[:, 3].contiguous()})
+        return out

@@ -1,0 +1,1 @@
+"""Reading images and writing keypoints in the formats the field uses."""

@@ -1,0 +1,25 @@
+"""Writing result files so that an interrupted run never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None], suffix: str | None = None) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``.
+
+    The rename is atomic on POSIX, so readers see either the old file or the complete new one.
+    ``suffix`` (default: ``path``'s own) lets writers that choose a format by extension work.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,73 @@
+"""Image input: every accepted form becomes a float32 grayscale array in [0, 1].
+
+Decisions, stated once:
+- Colour is converted to luminance (ITU-R BT.601 weights, as OpenCV and kornia); alpha is dropped.
+- 16-bit images are scaled by 1/65535, 8-bit by 1/255, so both land in [0, 1].
+- EXIF orientation is applied (as OpenCV's ``imread`` does), so keypoints are in the frame of the
+  image as viewers and most pipelines (hloc, COLMAP) show it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message says which and why."""
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as an (H, W) float32 grayscale array in [0, 1]."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"image not found: {path}")
+    if not path.is_file():
+        raise ImageError(f"not a file: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise ImageError(f"empty file (0 bytes): {path}")
+    # ANYDEPTH keeps 16-bit samples; without IMREAD_UNCHANGED OpenCV applies EXIF orientation.
+    # OpenCV returns None for a truncated or undecodable file.
+    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+    if image is None:
+        raise ImageError(f"cannot decode {path}: not an image, or a truncated/corrupt file")
+    return to_float_gray(image, name=str(path))
+
+
+def to_float_gray(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """An (H, W) or (H, W, 3|4) array (uint8, uint16 or float in [0, 1]) as (H, W) float32 in [0, 1]."""
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"{name}: expected a numpy array, got {type(image).__name__}")
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        image = _luminance(image[..., :3])
+    elif image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim != 2:
+        raise ImageError(f"{name}: expected shape (H, W) or (H, W, 3|4), got {image.shape}")
+    if image.size == 0:
+        raise ImageError(f"{name}: image has zero size {image.shape}")
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / 65535.0
+    if np.issubdtype(image.dtype, np.floating):
+        out = image.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise ImageError(f"{name}: contains NaN or infinite values")
+        lo, hi = float(out.min()), float(out.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ImageError(
+                f"{name}: float values must lie in [0, 1], got [{lo:g}, {hi:g}] (divide 8-bit data by 255)"
+            )
+        return out
+    raise ImageError(f"{name}: unsupported dtype {image.dtype} (use uint8, uint16 or float)")
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """RGB (H, W, 3) to gray with BT.601 weights, computed in float to keep 16-bit precision."""
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+    gray = rgb.astype(np.float64) @ weights
+    return gray.astype(np.float32) if np.issubdtype(rgb.dtype, np.floating) else np.round(gray).astype(rgb.dtype)

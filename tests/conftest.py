@@ -1,0 +1,28 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from keynet.paths import DATA_ENV, reference_weights_path, shared_data_dir
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = shared_data_dir()
+    if not (d / "MANIFEST.md").is_file():
+        pytest.skip(f"shared data not found at {d}; set {DATA_ENV}")
+    return d
+
+
+@pytest.fixture(scope="session")
+def reference_weights(data_dir) -> Path:
+    return reference_weights_path()
+
+
+def read_gray(path: Path) -> torch.Tensor:
+    """A (1,1,H,W) float tensor in [0, 1], read independently of keynet's own loader."""
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    assert img is not None, path
+    return torch.from_numpy(img.astype(np.float32) / 255.0)[None, None]

@@ -1,0 +1,150 @@
+import kornia.feature as KF
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from keynet import KeyNetDetector
+from keynet.detector import strict_maxima
+from keynet.weights import load_state_dict_file
+
+from .conftest import read_gray
+
+
+class Identity(nn.Module):
+    """A 'network' whose response is the image itself: maxima are where the image peaks."""
+
+    def forward(self, x):
+        return x
+
+
+def blob_image(h, w, centres, sigma=3.0):
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.zeros((h, w))
+    for cx, cy in centres:
+        img += np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2))
+    return (img / img.max()).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def ref_detector(reference_weights):
+    return KeyNetDetector(weights=reference_weights, compat="kornia")
+
+
+def brute_force_strict_maxima(a, size):
+    r = size // 2
+    h, w = a.shape
+    out = np.zeros_like(a, dtype=bool)
+    for i in range(h):
+        for j in range(w):
+            win = a[max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1].copy()
+            centre = a[i, j]
+            win[min(i, r), min(j, r)] = -np.inf  # exclude the centre itself
+            out[i, j] = centre > win.max()
+    return out
+
+
+@pytest.mark.parametrize("size", [3, 5, 15])
+def test_strict_maxima_matches_brute_force(size):
+    g = torch.Generator().manual_seed(size)
+    a = torch.randint(0, 6, (1, 1, 23, 31), generator=g).float()  # many ties
+    got = strict_maxima(a, size)[0, 0].numpy()
+    np.testing.assert_array_equal(got, brute_force_strict_maxima(a[0, 0].numpy(), size))
+
+
+@pytest.mark.parametrize("image", ["oxford_affine/graf/img1.png", "hpatches/v_dogman/1.png"])
+def test_kornia_compat_matches_kornia_detector(data_dir, reference_weights, ref_detector, image):
+    x = read_gray(data_dir / image)
+    theirs = KF.KeyNetDetector(pretrained=False, num_features=2048)
+    theirs.model.load_state_dict(load_state_dict_file(reference_weights))
+    theirs.eval()
+    with torch.no_grad():
+        lafs, _ = theirs(x)
+    ours = ref_detector.detect(x)[0]
+    a = torch.cat([ours["keypoints"], ours["scales"][:, None]], 1).double()
+    b = torch.cat([lafs[0, :, :, 2], lafs[0, :, 0, 0][:, None]], 1).double()
+    assert len(a) == 2048
+    nearest = (a[:, None] - b[None]).abs().amax(-1).min(1).values
+    assert (nearest < 1e-3).float().mean().item() >= 0.99
+
+
+def test_detection_is_deterministic_and_batch_equals_single(data_dir, ref_detector):
+    img = read_gray(data_dir / "oxford_affine/boat/img1.png")
+    crops = torch.cat([img[..., :300, :360], img[..., 200:500, 300:660]])
+    batch = ref_detector.detect(crops)
+    for i in range(2):
+        single = ref_detector.detect(crops[i : i + 1])[0]
+        again = ref_detector.detect(crops[i : i + 1])[0]
+        for k in ("keypoints", "scales", "scores"):
+            assert torch.equal(single[k], again[k])
+            assert torch.equal(single[k], batch[i][k])
+
+
+def test_level_mapping_is_centred_and_kornia_mode_is_not():
+    # One blob; with the identity response every level's maximum lies on it.
+    cx, cy = 60.0, 52.0
+    img = blob_image(128, 120, [(cx, cy)], sigma=4.0)
+    ours = KeyNetDetector(network=Identity(), num_keypoints=10, border=8).detect(img)
+    kor = KeyNetDetector(network=Identity(), num_keypoints=10, border=8, compat="kornia").detect(img)
+    levels = 1 + 1 + 4  # up + full + down levels, all large enough here
+    assert len(ours["scores"]) == levels
+    factors = (ours["scales"] / 22.0).double()
+    err = (ours["keypoints"].double() - torch.tensor([cx, cy], dtype=torch.float64)).abs()
+    # A level pixel spans `factor` image pixels, so its centre is within factor/2 of the blob.
+    assert (err <= factors[:, None] / 2 + 1e-6).all()
+    # kornia's u * f places a level pixel (f - 1) / 2 towards the origin (f per axis: W / w, H / h).
+    shift = ours["keypoints"] - kor["keypoints"]
+    expected = (ours["scales"] / 22.0 - 1) / 2  # from the mean of the two axes' factors
+    torch.testing.assert_close(shift, expected[:, None].expand(-1, 2), atol=0.05, rtol=0)
+    assert shift[ours["scales"] > 40].min() > 0.4
+
+
+def test_scales_are_22_times_level_factor():
+    img = blob_image(200, 200, [(100, 100)], sigma=5.0)
+    out = KeyNetDetector(network=Identity(), border=8).detect(img)
+    # Level sides: int(200 * sqrt 2) = 282 up; then floor(side / sqrt 2) each step: 141, 99, 70, 49.
+    want = [22 * 200 / side for side in (282, 200, 141, 99, 70, 49)]
+    got = sorted(set(out["scales"].tolist()))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_fewer_keypoints_than_asked_and_no_padding():
+    img = blob_image(96, 96, [(30, 30), (66, 60)])
+    out = KeyNetDetector(network=Identity(), num_keypoints=500, pyramid_levels=0, up_levels=0, border=8).detect(img)
+    assert len(out["scores"]) == 2
+    assert (out["scores"] > 0).all()
+    torch.testing.assert_close(out["keypoints"], torch.tensor([[30.0, 30.0], [66.0, 60.0]]))
+
+
+def test_global_top_k_takes_the_best_over_all_levels():
+    img = blob_image(160, 160, [(40, 40), (110, 120)])
+    full = KeyNetDetector(network=Identity(), num_keypoints=1000, border=8).detect(img)
+    top3 = KeyNetDetector(network=Identity(), num_keypoints=3, border=8).detect(img)
+    assert torch.equal(top3["scores"], full["scores"][:3])
+    assert (full["scores"][:-1] >= full["scores"][1:]).all()
+
+
+def test_mask_keeps_keypoints_inside_only():
+    img = blob_image(96, 128, [(30, 40), (90, 50)])
+    mask = np.zeros((96, 128), bool)
+    mask[:, 64:] = True
+    det = KeyNetDetector(network=Identity(), pyramid_levels=0, up_levels=0, border=8)
+    out = det.detect(img, mask=mask)
+    assert out["keypoints"].tolist() == [[90.0, 50.0]]
+
+
+def test_lafs_follow_kornia_conventions(ref_detector, data_dir):
+    from kornia.feature import get_laf_center, get_laf_scale
+
+    img = read_gray(data_dir / "hpatches/v_dogman/1.png")[..., :200, :240]
+    out = ref_detector.detect(img[0, 0], return_lafs=True)
+    lafs = out["lafs"][None]
+    torch.testing.assert_close(get_laf_center(lafs)[0], out["keypoints"])
+    torch.testing.assert_close(get_laf_scale(lafs)[0, :, 0, 0], out["scales"])
+
+
+def test_unknown_option_and_bad_compat_are_rejected():
+    with pytest.raises(TypeError, match="unknown option"):
+        KeyNetDetector(network=Identity(), num_keypoint=5)
+    with pytest.raises(ValueError, match="compat"):
+        KeyNetDetector(network=Identity(), compat="opencv")

@@ -21,3 +21,12 @@ def shared_data_dir() -> Path:
 def reference_weights_path() -> Path:
     """The official Key.Net weights (kornia's layout), used as a reference only, never shipped."""
     return shared_data_dir() / "weights" / "keynet_pytorch" / "keynet_pytorch.pth"
+
+
+def sample_image_path() -> Path:
+    """A sample photo that exists on any machine with matplotlib installed (``keynet[eval]``)."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("the sample photo comes with matplotlib: pip install 'keynet[eval]'") from e
+    return Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"

@@ -1,0 +1,57 @@
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from keynet import KeyNetDetector
+from keynet.cli import main
+
+
+@pytest.fixture
+def images(tmp_path, data_dir):
+    src = tmp_path / "in"
+    src.mkdir()
+    img = cv2.imread(str(data_dir / "oxford_affine/boat/img1.png"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(src / "a.png"), img[:200, :240])
+    cv2.imwrite(str(src / "b.jpg"), img[200:400, 300:540])
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a whole jpeg")
+    return src
+
+
+def test_detect_writes_npz_and_viz_and_reports_failures(tmp_path, images, reference_weights, capsys):
+    out = tmp_path / "out"
+    rc = main(["detect", str(images), "--out", str(out), "--weights", str(reference_weights),
+               "--num-keypoints", "100", "--viz"])
+    assert rc == 1  # broken.jpg failed, the others were still written
+    assert "broken.jpg" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a.npz", "a.png", "b.npz", "b.png"]
+    saved = np.load(out / "a.npz")
+    assert {k: saved[k].dtype for k in saved} == {"keypoints": np.float32, "scales": np.float32, "scores": np.float32}
+    direct = KeyNetDetector(weights=reference_weights, num_keypoints=100).detect(images / "a.png")
+    np.testing.assert_array_equal(saved["keypoints"], direct["keypoints"].numpy())
+    assert cv2.imread(str(out / "a.png")).shape == (200, 240, 3)
+
+
+def test_a_failing_run_keeps_earlier_results(tmp_path, images, reference_weights):
+    out = tmp_path / "out"
+    assert main(["detect", str(images / "a.png"), "--out", str(out), "--weights", str(reference_weights)]) == 0
+    before = (out / "a.npz").read_bytes()
+    rc = main(["detect", str(images / "broken.jpg"), str(tmp_path / "missing.png"), "--out", str(out),
+               "--weights", str(reference_weights)])
+    assert rc == 1
+    assert (out / "a.npz").read_bytes() == before
+    assert [p.name for p in out.iterdir()] == ["a.npz"]  # no temporary leftovers
+
+
+def test_bad_weights_file_is_a_clear_error(tmp_path, images, capsys):
+    bad = tmp_path / "w.pth"
+    bad.write_text("nope")
+    assert main(["detect", str(images / "a.png"), "--out", str(tmp_path / "o"), "--weights", str(bad)]) == 2
+    assert "not a readable PyTorch weights file" in capsys.readouterr().err
+
+
+def test_console_script_help():
+    r = subprocess.run([sys.executable, "-m", "keynet.cli", "detect", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--num-keypoints" in r.stdout

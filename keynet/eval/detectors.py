@@ -1,0 +1,240 @@
+"""Detectors under evaluation and the common descriptor used for the matching metrics.
+
+Every detector maps an ``(H, W)`` float32 grayscale image in ``[0, 1]`` to ``Features``: keypoints
+``(N, 2)`` as ``(x, y)`` (x right, y down, pixel centres at integer coordinates), ``scales`` ``(N,)``
+as radii in pixels (the scale of a kornia LAF) and ``scores`` ``(N,)``, sorted by decreasing score
+(stable: OpenCV's output order breaks ties), at most ``num_keypoints`` of them.
+
+Scale convention between our radius ``r`` and OpenCV's ``KeyPoint.size`` (a diameter):
+``r = RADIUS_PER_OPENCV_SIZE * size`` with ``RADIUS_PER_OPENCV_SIZE = 3``. OpenCV's SIFT descriptor
+is a 4x4 grid of cells ``1.5 * size`` wide, so its grid spans ``[-3 size, 3 size]``: with this
+convention the descriptor covers exactly the square around the keypoint's circle, whichever detector
+produced it, and a SIFT keypoint converted to a radius and back gets OpenCV's own SIFT descriptor.
+
+Detector specs (``make_detector``), options after commas as ``key=value``:
+
+* ``sift``, ``orb``, ``fast``, ``gftt``, ``harris`` (GFTT with the Harris measure), ``akaze``,
+  ``kaze``, ``harris-laplace``: OpenCV (AKAZE, KAZE, Harris-Laplace from ``cv2.xfeatures2d`` when
+  the main module lacks them);
+* ``keynet`` (the package's shipped weights), ``keynet:PATH`` (any weights file), ``keynet-ref``
+  (the reference ``keynet_pytorch.pth`` in the shared data); options ``model=keynet|tiny`` and
+  ``compat=kornia``, e.g. ``keynet-ref,compat=kornia``;
+* ``kornia-keynet`` / ``kornia-keynet:PATH``: ``kornia.feature.KeyNetDetector`` with the reference
+  (or given) weights, a cross-check of our detector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import cv2
+import numpy as np
+import torch
+
+RADIUS_PER_OPENCV_SIZE = 3.0
+_SIFT_SIGMA = 1.6  # OpenCV SIFT's base sigma: KeyPoint.size = 2 * 1.6 * 2^(octave + layer / 3)
+_SIFT_LAYERS = 3
+
+
+@dataclass
+class Features:
+    """Detections of one image: ``keypoints`` (N, 2) float64 (x, y), ``scales`` (N,) radii,
+    ``scores`` (N,), best first; ``descriptors`` (N, D) float32 once computed."""
+
+    keypoints: np.ndarray
+    scales: np.ndarray
+    scores: np.ndarray
+    descriptors: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    def subset(self, idx: np.ndarray) -> "Features":
+        """The features at indices ``idx`` (in that order)."""
+        d = None if self.descriptors is None else self.descriptors[idx]
+        return Features(self.keypoints[idx], self.scales[idx], self.scores[idx], d)
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, image: np.ndarray) -> Features: ...
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float image in ``[0, 1]`` as uint8 (exact for images read from 8-bit files)."""
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def _sorted_features(kps: np.ndarray, scales: np.ndarray, scores: np.ndarray, limit: int) -> Features:
+    order = np.argsort(-scores, kind="stable")[:limit]
+    return Features(kps[order], scales[order], scores[order])
+
+
+# ----------------------------------------------------------------------------------------- OpenCV
+
+
+def _cv_factory(name: str) -> Callable[..., Any]:
+    """``cv2.<name>`` or, in OpenCV 5 builds with the contrib modules, ``cv2.xfeatures2d.<name>``."""
+    for module in (cv2, getattr(cv2, "xfeatures2d", None)):
+        if module is not None and hasattr(module, name):
+            return getattr(module, name)
+    raise RuntimeError(f"this OpenCV build has no {name} (install opencv-contrib-python)")
+
+
+_OPENCV_DETECTORS: dict[str, Callable[[int], Any]] = {
+    "sift": lambda n: cv2.SIFT_create(nfeatures=n),
+    "orb": lambda n: cv2.ORB_create(nfeatures=n),
+    "fast": lambda n: cv2.FastFeatureDetector_create(),
+    "gftt": lambda n: cv2.GFTTDetector_create(maxCorners=n),
+    "harris": lambda n: cv2.GFTTDetector_create(maxCorners=n, useHarrisDetector=True),
+    "akaze": lambda n: _cv_factory("AKAZE_create")(),
+    "kaze": lambda n: _cv_factory("KAZE_create")(),
+    "harris-laplace": lambda n: _cv_factory("HarrisLaplaceFeatureDetector_create")(),
+}
+
+
+class OpenCVDetector:
+    """An OpenCV ``Feature2D`` detector; score = ``KeyPoint.response``, radius = 3 * ``KeyPoint.size``."""
+
+    def __init__(self, name: str, num_keypoints: int = 2048) -> None:
+        if name not in _OPENCV_DETECTORS:
+            raise ValueError(f"unknown OpenCV detector {name!r}; choose one of {sorted(_OPENCV_DETECTORS)}")
+        self.name = name
+        self.num_keypoints = num_keypoints
+        self._impl = _OPENCV_DETECTORS[name](num_keypoints)
+
+    def detect(self, image: np.ndarray) -> Features:
+        kps = self._impl.detect(to_uint8(image), None)
+        xy = np.array([k.pt for k in kps], dtype=np.float64).reshape(-1, 2)
+        size = np.array([k.size for k in kps], dtype=np.float64)
+        score = np.array([k.response for k in kps], dtype=np.float64)
+        return _sorted_features(xy, RADIUS_PER_OPENCV_SIZE * size, score, self.num_keypoints)
+
+
+# ----------------------------------------------------------------------------------------- Key.Net
+
+
+class KeyNetEval:
+    """``keynet.detector.KeyNetDetector`` as an evaluation detector."""
+
+    def __init__(
+        self,
+        name: str,
+        weights: str | Path | None,
+        model: str = "keynet",
+        compat: str | None = None,
+        num_keypoints: int = 2048,
+    ) -> None:
+        from keynet.detector import KeyNetDetector
+
+        self.name = name
+        self._det = KeyNetDetector(weights=weights, model=model, num_keypoints=num_keypoints, compat=compat)
+
+    def detect(self, image: np.ndarray) -> Features:
+        out = self._det.detect(image)
+        return Features(
+            out["keypoints"].double().numpy(), out["scales"].double().numpy(), out["scores"].double().numpy()
+        )
+
+
+class KorniaKeyNet:
+    """``kornia.feature.KeyNetDetector`` with local weights (no download); radius = LAF scale."""
+
+    def __init__(self, name: str, weights: str | Path, num_keypoints: int = 2048) -> None:
+        import kornia.feature as KF
+
+        from keynet.weights import load_state_dict_file
+
+        self.name = name
+        self._det = KF.KeyNetDetector(pretrained=False, num_features=num_keypoints).eval()
+        self._det.model.load_state_dict(load_state_dict_file(weights), strict=True)
+
+    @torch.inference_mode()
+    def detect(self, image: np.ndarray) -> Features:
+        import kornia.feature as KF
+
+        lafs, responses = self._det(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None])
+        kps = KF.get_laf_center(lafs)[0].double().numpy()
+        scales = KF.get_laf_scale(lafs)[0, :, 0, 0].double().numpy()
+        return _sorted_features(kps, scales, responses[0].double().numpy(), len(kps))
+
+
+def make_detector(spec: str, num_keypoints: int = 2048) -> Detector:
+    """A detector from a spec string (see the module docstring); its ``name`` is the spec."""
+    from keynet.paths import reference_weights_path
+
+    head, *opts = spec.split(",")
+    options = dict(o.split("=", 1) for o in opts if "=" in o)
+    if any("=" not in o for o in opts):
+        raise ValueError(f"detector spec {spec!r}: options must be key=value")
+    kind, _, path = head.partition(":")
+    allowed = {"keynet": {"model", "compat"}, "keynet-ref": {"model", "compat"}}.get(kind, set())
+    if set(options) - allowed:
+        raise ValueError(f"detector spec {spec!r}: unknown option(s) {sorted(set(options) - allowed)}")
+    if kind in _OPENCV_DETECTORS and not path:
+        return OpenCVDetector(kind, num_keypoints)
+    if kind == "keynet" or (kind == "keynet-ref" and not path):
+        weights = reference_weights_path() if kind == "keynet-ref" else (path or None)
+        return KeyNetEval(spec, weights, options.get("model", "keynet"), options.get("compat"), num_keypoints)
+    if kind == "kornia-keynet":
+        return KorniaKeyNet(spec, path or reference_weights_path(), num_keypoints)
+    known = sorted(_OPENCV_DETECTORS) + ["keynet[:PATH]", "keynet-ref", "kornia-keynet[:PATH]"]
+    raise ValueError(f"unknown detector spec {spec!r}; known: {', '.join(known)}")
+
+
+# -------------------------------------------------------------------------------------- descriptor
+
+
+def _sift_octave_layer(size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV SIFT pyramid octave and layer whose blur matches a keypoint of ``size``.
+
+    SIFT computes a provided keypoint's descriptor on the Gaussian image its packed ``octave`` field
+    names; a keypoint from another detector carries no such field, and computing a large keypoint at
+    octave 0 would sample a huge window at full resolution. Layers 1..3 are preferred (those SIFT
+    detects on); octave -1 (the 2x upsampled image) is the finest.
+    """
+    t = np.rint(_SIFT_LAYERS * np.log2(np.maximum(size, 1e-6) / (2 * _SIFT_SIGMA))).astype(np.int64)
+    octave = np.floor_divide(t - 1, _SIFT_LAYERS)
+    layer = t - _SIFT_LAYERS * octave  # in 1..3
+    finest = octave < -1
+    octave[finest], layer[finest] = -1, 1
+    return octave, layer
+
+
+class SIFTDescriptor:
+    """Upright OpenCV SIFT descriptors at given keypoints and radii (``KeyPoint.size = r / 3``).
+
+    Upright (angle 0) for every detector, so that detectors with and without an orientation are
+    compared with the same descriptor; sequences with strong rotation (Oxford ``bark``, ``boat``)
+    therefore match poorly for all of them. Output: ``(N, 128)`` float32, rows in input order.
+    """
+
+    name = "sift"
+
+    def __init__(self) -> None:
+        self._sift = cv2.SIFT_create()
+
+    def compute(self, image: np.ndarray, keypoints: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        if len(keypoints) == 0:
+            return np.zeros((0, 128), np.float32)
+        size = np.asarray(scales, dtype=np.float64) / RADIUS_PER_OPENCV_SIZE
+        octave, layer = _sift_octave_layer(size)
+        packed = (octave & 255) | (layer << 8)
+        kps = [
+            cv2.KeyPoint(float(x), float(y), float(s), 0.0, 0.0, int(o))
+            for (x, y), s, o in zip(np.asarray(keypoints, dtype=np.float64), size, packed)
+        ]
+        out_kps, desc = self._sift.compute(to_uint8(image), kps)
+        if desc is None or len(out_kps) != len(kps):
+            raise RuntimeError(f"SIFT returned {0 if desc is None else len(out_kps)} of {len(kps)} descriptors")
+        return desc.astype(np.float32)
+
+
+def make_descriptor(spec: str) -> SIFTDescriptor:
+    """The matching descriptor by name; only ``sift`` for now."""
+    if spec != "sift":
+        raise ValueError(f"unknown descriptor {spec!r}; available: sift")
+    return SIFTDescriptor()

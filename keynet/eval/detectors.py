@@ -97,7 +97,11 @@ _OPENCV_DETECTORS: dict[str, Callable[[int], Any]] = {
 
 
 class OpenCVDetector:
-    """An OpenCV ``Feature2D`` detector; score = ``KeyPoint.response``, radius = 3 * ``KeyPoint.size``."""
+    """An OpenCV ``Feature2D`` detector; score = ``KeyPoint.response``, radius = 3 * ``KeyPoint.size``.
+
+    Keypoints repeated at the same position and size (SIFT's extra orientations) are kept once, with
+    the best score: the evaluation describes every keypoint upright, so copies would be identical.
+    """
 
     def __init__(self, name: str, num_keypoints: int = 2048) -> None:
         if name not in _OPENCV_DETECTORS:
@@ -111,7 +115,9 @@ class OpenCVDetector:
         xy = np.array([k.pt for k in kps], dtype=np.float64).reshape(-1, 2)
         size = np.array([k.size for k in kps], dtype=np.float64)
         score = np.array([k.response for k in kps], dtype=np.float64)
-        return _sorted_features(xy, RADIUS_PER_OPENCV_SIZE * size, score, self.num_keypoints)
+        feats = _sorted_features(xy, RADIUS_PER_OPENCV_SIZE * size, score, len(kps))
+        _, first = np.unique(np.c_[feats.keypoints, feats.scales], axis=0, return_index=True)
+        return feats.subset(np.sort(first)[: self.num_keypoints])
 
 
 # ----------------------------------------------------------------------------------------- Key.Net
@@ -141,7 +147,8 @@ class KeyNetEval:
 
 
 class KorniaKeyNet:
-    """``kornia.feature.KeyNetDetector`` with local weights (no download); radius = LAF scale."""
+    """``kornia.feature.KeyNetDetector`` with local weights (no download); radius = LAF scale,
+    entries with zero response (kornia's padding) dropped."""
 
     def __init__(self, name: str, weights: str | Path, num_keypoints: int = 2048) -> None:
         import kornia.feature as KF
@@ -157,9 +164,11 @@ class KorniaKeyNet:
         import kornia.feature as KF
 
         lafs, responses = self._det(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None])
-        kps = KF.get_laf_center(lafs)[0].double().numpy()
-        scales = KF.get_laf_scale(lafs)[0, :, 0, 0].double().numpy()
-        return _sorted_features(kps, scales, responses[0].double().numpy(), len(kps))
+        # kornia pads to num_features with zero-response entries when there are fewer maxima.
+        real = responses[0] > 0
+        kps = KF.get_laf_center(lafs)[0][real].double().numpy()
+        scales = KF.get_laf_scale(lafs)[0, real, 0, 0].double().numpy()
+        return _sorted_features(kps, scales, responses[0][real].double().numpy(), len(kps))
 
 
 def make_detector(spec: str, num_keypoints: int = 2048) -> Detector:

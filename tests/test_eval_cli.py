@@ -1,0 +1,78 @@
+"""``keynet eval`` end to end on small synthetic pairs: outputs, keys, determinism."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from keynet.eval import cli
+
+
+@pytest.fixture(scope="module")
+def pairs_file(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two pairs: a 240x320 crop of graf img1 against itself (identity) and against a warp of it."""
+    root = tmp_path_factory.mktemp("pairs")
+    img = cv2.imread(str(data_dir / "oxford_affine/graf/img1.png"), cv2.IMREAD_GRAYSCALE)[100:340, 200:520]
+    H = np.array([[0.95, 0.1, 8.0], [-0.08, 1.02, -5.0], [1e-5, 2e-5, 1.0]])
+    cv2.imwrite(str(root / "a.png"), img)
+    cv2.imwrite(str(root / "b.png"), cv2.warpPerspective(img, H, (320, 240), flags=cv2.INTER_LINEAR))
+    np.savetxt(root / "id.txt", np.eye(3))
+    np.savetxt(root / "h.txt", H)
+    (root / "pairs.txt").write_text("a.png a.png id.txt\na.png b.png h.txt\n")
+    return root / "pairs.txt"
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.main(parser.parse_args(argv))
+
+
+def test_eval_writes_results_report_plots_deterministically(pairs_file: Path, tmp_path: Path) -> None:
+    argv = ["--data", str(pairs_file), "--detector", "sift", "--detector", "orb", "--quiet"]
+    assert _run(argv + ["--out", str(tmp_path / "r1")]) == 0
+    assert _run(argv + ["--out", str(tmp_path / "r2"), "--no-plots"]) == 0
+    r1 = json.loads((tmp_path / "r1/results.json").read_text())
+    r2 = json.loads((tmp_path / "r2/results.json").read_text())
+    assert r1["results"] == r2["results"]
+
+    res = r1["results"]
+    assert list(res) == ["sift", "orb"] and list(res["sift"]) == ["pairs"]
+    mean = res["sift"]["pairs"]["mean"]
+    for key in ("rep_L", "rep_SL", "matching_score", "mma@1", "mma@3", "mma@5", "mha@3", "num_keypoints"):
+        assert 0 <= mean[key] <= (1 if key != "num_keypoints" else 1000), key
+    identity, warped = res["sift"]["pairs"]["pairs"]
+    assert identity["rep_L"] == identity["rep_SL"] == identity["matching_score"] == 1.0
+    assert identity["mma"] == [1.0] * 10 and identity["corner_error"] < 1e-6
+    assert 0.3 < warped["rep_L"] < 1.0 and warped["mma"][2] > 0.5 and len(warped["mma"]) == 10
+
+    report = (tmp_path / "r1/report.md").read_text()
+    assert "| sift |" in report and "| orb |" in report and "Rep SL" in report
+    assert (tmp_path / "r1/mma_pairs.png").stat().st_size > 0 and (tmp_path / "r1/rep_pairs.png").is_file()
+
+
+def test_eval_registered_in_keynet_cli(pairs_file: Path, tmp_path: Path) -> None:
+    keynet_cli = pytest.importorskip("keynet.cli")
+    out = tmp_path / "r"
+    assert keynet_cli.main(["eval", "--data", str(pairs_file), "--detector", "fast", "--out", str(out), "--quiet", "--no-plots"]) == 0
+    assert (out / "results.json").is_file()
+
+
+def test_eval_reports_bad_inputs(pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["--data", str(pairs_file), "--detector", "surf", "--out", str(tmp_path)]) == 2
+    assert "unknown detector" in capsys.readouterr().err
+    assert _run(["--data", str(tmp_path / "nope"), "--detector", "sift", "--out", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_data_split_suffix(tmp_path: Path) -> None:
+    assert cli._parse_data("/x/hpatches@view") == ("/x/hpatches", "view")
+    assert cli._parse_data("/x/hpatches") == ("/x/hpatches", None)
+    odd = tmp_path / "a@b"
+    odd.mkdir()
+    assert cli._parse_data(str(odd)) == (str(odd), None)  # an existing path is never split

@@ -1,0 +1,106 @@
+"""Detector specs, scale conventions and the common SIFT descriptor (keynet.eval.detectors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from keynet.eval import protocols as P
+from keynet.eval.detectors import (
+    RADIUS_PER_OPENCV_SIZE,
+    KeyNetEval,
+    SIFTDescriptor,
+    _sift_octave_layer,
+    make_detector,
+    to_uint8,
+)
+from keynet.io.image import load_image
+
+
+@pytest.fixture(scope="module")
+def crop(data_dir: Path) -> np.ndarray:
+    torch.set_num_threads(1)
+    return load_image(data_dir / "oxford_affine/graf/img1.png")[100:340, 200:520]
+
+
+def test_spec_parsing(reference_weights: Path) -> None:
+    det = make_detector("keynet-ref,compat=kornia", 100)
+    assert isinstance(det, KeyNetEval) and det.name == "keynet-ref,compat=kornia"
+    assert det._det.conf["compat"] == "kornia" and det._det.conf["num_keypoints"] == 100
+    assert make_detector(f"keynet:{reference_weights},model=keynet").name.startswith("keynet:")
+    for bad, msg in [("surf", "unknown detector"), ("sift,compat=kornia", "unknown option"), ("keynet-ref,x", "key=value")]:
+        with pytest.raises(ValueError, match=msg):
+            make_detector(bad)
+
+
+@pytest.mark.parametrize("name", ["sift", "orb", "fast", "gftt", "harris", "akaze", "kaze", "harris-laplace"])
+def test_opencv_detectors_sorted_with_radius_convention(name: str, crop: np.ndarray) -> None:
+    f = make_detector(name, 300).detect(crop)
+    assert 0 < len(f) <= 300 and f.keypoints.shape == (len(f), 2)
+    assert np.all(np.diff(f.scores) <= 0)
+    if name == "sift":
+        raw = cv2.SIFT_create(nfeatures=300).detect(to_uint8(crop), None)
+        assert f.scales.max() == pytest.approx(RADIUS_PER_OPENCV_SIZE * max(k.size for k in raw))
+    if name == "fast":
+        assert np.all(f.scales == 3 * 7)  # FAST reports KeyPoint.size = 7
+    assert len(np.unique(np.c_[f.keypoints, f.scales], axis=0)) == len(f)  # no copies
+
+
+def test_sift_octave_layer() -> None:
+    # size = 2 * 1.6 * 2^(octave + layer / 3), layers 1..3 preferred, octave >= -1.
+    sizes = 3.2 * 2.0 ** np.array([0.0, 1.0, 1 / 3, 2.0 + 2 / 3, -1.0, -5.0])
+    octave, layer = _sift_octave_layer(sizes)
+    # 3.2 -> octave -1 layer 3 (not octave 0 layer 0); anything finer than octave -1 layer 1 clamps.
+    assert octave.tolist() == [-1, 0, 0, 2, -1, -1] and layer.tolist() == [3, 3, 1, 2, 1, 1]
+
+
+def test_sift_descriptor_equals_opencv_sift_on_its_own_keypoints(crop: np.ndarray) -> None:
+    # Round trip size -> radius -> size: the descriptor is OpenCV's own upright SIFT descriptor.
+    sift = cv2.SIFT_create(nfeatures=200)
+    img = to_uint8(crop)
+    kps = sift.detect(img, None)
+    for k in kps:
+        k.angle = 0.0
+    _, ref = sift.compute(img, kps)
+    xy = np.array([k.pt for k in kps])
+    radius = RADIUS_PER_OPENCV_SIZE * np.array([k.size for k in kps])
+    np.testing.assert_array_equal(SIFTDescriptor().compute(crop, xy, radius), ref)
+
+
+def test_sift_descriptor_at_foreign_keypoints(crop: np.ndarray) -> None:
+    # Any radius (tiny to larger than the image) gets a finite descriptor, rows in input order.
+    xy = np.array([[50.0, 60.0], [100.5, 80.25], [160.0, 120.0], [10.0, 5.0]])
+    d = SIFTDescriptor().compute(crop, xy, np.array([2.0, 22.0, 500.0, 31.0]))
+    assert d.shape == (4, 128) and np.isfinite(d).all() and d.any(1).all()
+    assert SIFTDescriptor().compute(crop, np.zeros((0, 2)), np.zeros(0)).shape == (0, 128)
+
+
+@pytest.mark.parametrize("spec", ["sift", "orb", "keynet-ref"])
+def test_identical_images_identity_h_full_repeatability(spec: str, crop: np.ndarray, reference_weights: Path) -> None:
+    det = make_detector(spec, 500)
+    a, b = det.detect(crop), det.detect(crop.copy())
+    out = P.keynet_repeatability(
+        a.keypoints, a.scales, a.scores, b.keypoints, b.scales, b.scores, np.eye(3), crop.shape, crop.shape
+    )
+    assert out["num_a"] > 50 and out["rep_L"] == 1.0 and out["rep_SL"] == 1.0
+    desc = SIFTDescriptor()
+    da = desc.compute(crop, a.keypoints[out["idx_a"]], a.scales[out["idx_a"]])
+    db = desc.compute(crop, b.keypoints[out["idx_b"]], b.scales[out["idx_b"]])
+    ms = P.keynet_matching_score(da, db, a.keypoints[out["idx_a"]], out["kps_b_in_a"])
+    # Every distinct descriptor matches itself; exact copies (ORB's coarse levels sample the same
+    # pixels for nearby points) match only their first occurrence.
+    assert ms == len(np.unique(da, axis=0)) / len(da)
+    if spec != "orb":
+        assert ms == 1.0
+
+
+def test_kornia_cross_check_agrees_with_compat_mode(crop: np.ndarray, reference_weights: Path) -> None:
+    ours = make_detector("keynet-ref,compat=kornia", 300).detect(crop)
+    theirs = make_detector("kornia-keynet", 300).detect(crop)
+    assert len(ours) == len(theirs)
+    np.testing.assert_allclose(ours.keypoints, theirs.keypoints, atol=1e-3)
+    np.testing.assert_allclose(ours.scales, theirs.scales, rtol=1e-5)

@@ -104,3 +104,26 @@ def test_kornia_cross_check_agrees_with_compat_mode(crop: np.ndarray, reference_
     assert len(ours) == len(theirs)
     np.testing.assert_allclose(ours.keypoints, theirs.keypoints, atol=1e-3)
     np.testing.assert_allclose(ours.scales, theirs.scales, rtol=1e-5)
+
+
+def test_hardtfeat_descriptor_matches_affnet_architecture(data_dir: Path, crop: np.ndarray) -> None:
+    # AffNet's HardTFeatNet written out with its own weights (patch normalisation as kornia's
+    # InstanceNorm): conv7 - tanh - maxpool2 - conv6 - tanh - conv8 - tanh - L2 normalisation.
+    import torch.nn.functional as F
+
+    from keynet.eval.detectors import make_descriptor
+    from keynet.weights import load_state_dict_file
+
+    desc = make_descriptor("hardtfeat")
+    w = load_state_dict_file(data_dir / "weights/affnet/HardTFeat.pth")
+    patches = torch.rand(5, 1, 32, 32)
+    x = F.instance_norm(patches, eps=1e-5)
+    x = torch.tanh(F.conv2d(x, w["features.0.weight"], w["features.0.bias"]))
+    x = torch.tanh(F.conv2d(F.max_pool2d(x, 2), w["features.3.weight"], w["features.3.bias"]))
+    x = torch.tanh(F.conv2d(x, w["classifier.1.weight"], w["classifier.1.bias"])).flatten(1)
+    with torch.inference_mode():
+        ours = F.normalize(desc._net(patches), dim=1)
+    torch.testing.assert_close(ours, F.normalize(x, dim=1), atol=1e-5, rtol=1e-5)
+
+    d = desc.compute(crop, np.array([[100.0, 120.0], [200.0, 60.0]]), np.array([22.0, 31.0]))
+    assert d.shape == (2, 128) and np.allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)

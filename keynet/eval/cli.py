@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
     from .datasets import Dataset
-    from .detectors import Detector, Features, SIFTDescriptor
+    from .detectors import Detector, Features, SIFTDescriptor, TFeatDescriptor
 
 
 class FeatureCache:
     """Detections with descriptors per ``(detector name, image path)``, within one run."""
 
-    def __init__(self, descriptor: "SIFTDescriptor") -> None:
+    def __init__(self, descriptor: "SIFTDescriptor | TFeatDescriptor") -> None:
         self.descriptor = descriptor
         self._store: dict[tuple[str, Path], tuple["Features", tuple[int, int]]] = {}
 
@@ -87,7 +87,7 @@ def evaluate_pair(
 def evaluate(
     detectors: list["Detector"],
     datasets: list["Dataset"],
-    descriptor: "SIFTDescriptor",
+    descriptor: "SIFTDescriptor | TFeatDescriptor",
     top_k: int = 1000,
     mma_top_k: int = 2000,
     progress: bool = True,
@@ -133,7 +133,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "commas: model=tiny, compat=kornia. Repeatable.",
     )  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    parser.add_argument("--descriptor", default="sift", help="descriptor for the matching metrics (default: sift)")
+    parser.add_argument(
+        "--descriptor", default="sift",
+        help="descriptor for the matching metrics, the same for every detector: sift (default, "
+        "upright OpenCV SIFT), hardtfeat (AffNet's HardTFeat weights in the shared data) or tfeat:PATH",
+    )  # fmt: skip
     parser.add_argument("--num-keypoints", type=int, default=2048, help="detections kept per image (default 2048)")
     parser.add_argument("--top-k", type=int, default=1000, help="Key.Net protocol: keypoints per image (default 1000)")
     parser.add_argument("--mma-top-k", type=int, default=2000, help="D2-Net protocol: keypoints per image (default 2000)")

@@ -242,8 +242,62 @@ class SIFTDescriptor:
         return desc.astype(np.float32)
 
 
-def make_descriptor(spec: str) -> SIFTDescriptor:
-    """The matching descriptor by name; only ``sift`` for now."""
-    if spec != "sift":
-        raise ValueError(f"unknown descriptor {spec!r}; available: sift")
-    return SIFTDescriptor()
+class TFeatDescriptor:
+    """``kornia.feature.TFeat`` with local weights, on 32x32 upright patches of each keypoint's LAF.
+
+    The patch spans ``[-r, r]`` around the keypoint (kornia's LAF extraction), the same square as the
+    SIFT grid. The weights may be kornia's own TFeat layout or AffNet's ``HardTFeat.pth`` (its 8x8
+    convolution head is the same map as kornia's linear layer). One difference from AffNet's model:
+    kornia normalises a patch by its biased std (InstanceNorm) instead of the unbiased one, a
+    ``sqrt(1024 / 1023)`` rescaling. Output: ``(N, 128)`` float32, L2-normalised, in input order.
+    """
+
+    def __init__(self, name: str, weights: str | Path) -> None:
+        import kornia.feature as KF
+
+        from keynet.weights import load_state_dict_file
+
+        self.name = name
+        state = load_state_dict_file(weights)
+        if "classifier.1.weight" in state:  # AffNet's HardTFeatNet
+            state = {
+                "features.1.weight": state["features.0.weight"],
+                "features.1.bias": state["features.0.bias"],
+                "features.4.weight": state["features.3.weight"],
+                "features.4.bias": state["features.3.bias"],
+                "descr.0.weight": state["classifier.1.weight"].reshape(128, -1),
+                "descr.0.bias": state["classifier.1.bias"],
+            }
+        self._net = KF.TFeat(pretrained=False).eval()
+        self._net.load_state_dict(state, strict=True)
+
+    @torch.inference_mode()
+    def compute(self, image: np.ndarray, keypoints: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        import kornia.feature as KF
+
+        from keynet.detector import keypoints_to_lafs
+
+        if len(keypoints) == 0:
+            return np.zeros((0, 128), np.float32)
+        img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+        lafs = keypoints_to_lafs(
+            torch.from_numpy(np.asarray(keypoints, np.float32)), torch.from_numpy(np.asarray(scales, np.float32))
+        )
+        patches = KF.extract_patches_from_pyramid(img, lafs[None], PS=32)[0]
+        desc = torch.cat([self._net(chunk) for chunk in patches.split(1024)])
+        return torch.nn.functional.normalize(desc, dim=1).numpy()
+
+
+def make_descriptor(spec: str) -> SIFTDescriptor | TFeatDescriptor:
+    """The matching descriptor: ``sift``, ``hardtfeat`` (AffNet's HardTFeat from the shared data)
+    or ``tfeat:PATH`` (a TFeat weights file in kornia's or AffNet's layout)."""
+    from keynet.paths import shared_data_dir
+
+    kind, _, path = spec.partition(":")
+    if spec == "sift":
+        return SIFTDescriptor()
+    if spec == "hardtfeat":
+        return TFeatDescriptor(spec, shared_data_dir() / "weights" / "affnet" / "HardTFeat.pth")
+    if kind == "tfeat" and path:
+        return TFeatDescriptor(spec, path)
+    raise ValueError(f"unknown descriptor {spec!r}; available: sift, hardtfeat, tfeat:PATH")

@@ -134,12 +134,18 @@ def test_common_area_mask_agrees_with_opencv_warp() -> None:
     assert mask_a.sum() > 0.3 * mask_a.size
 
 
-def test_points_in_mask_rounding_and_outside() -> None:
-    mask = np.zeros((4, 5), bool)
-    mask[2, 3] = True
-    pts = np.array([[3.4, 1.6], [2.5, 2.0], [3.5, 2.0], [-0.4, 0.0], [9.0, 9.0]])
-    # 2.5 rounds to 2 (half to even) -> (2, 2) unset; 3.5 -> 4 -> unset; (3.4,1.6) -> (3, 2) set.
-    assert P.points_in_mask(pts, mask).tolist() == [True, False, False, False, False]
+def test_in_common_area_rounding_and_mask_lookup() -> None:
+    H = np.array([[1.0, 0, -40], [0, 1.0, 10], [0, 0, 1.0]])  # mask of a: x in 55..104, y in 15..74
+    pts = np.array([[54.5, 30], [55.5, 30], [104.5, 30], [104.6, 30], [60, 74.5], [-3, -3], [1e4, 5]])
+    # Half to even: 54.5 -> 54 (out), 55.5 -> 56, 104.5 -> 104, 74.5 -> 74 (in); 104.6 -> 105 (out).
+    got = P.in_common_area(pts, H, (100, 120), (100, 120))
+    assert got.tolist() == [False, True, True, False, True, False, False]
+    # Same as looking points up in the full mask, for a projective H.
+    Hp = np.array([[0.88, 0.31, -20.0], [-0.18, 0.94, 40.0], [2e-4, -1.6e-5, 1.0]])
+    mask_a, _ = P.common_area_masks(Hp, (180, 240), (170, 230))
+    rnd = np.random.default_rng(0).uniform([0, 0], [239.4, 179.4], (2000, 2))
+    r = np.rint(rnd).astype(int)
+    assert P.in_common_area(rnd, Hp, (180, 240), (170, 230)).tolist() == mask_a[r[:, 1], r[:, 0]].tolist()
 
 
 def test_top_k_is_stable() -> None:

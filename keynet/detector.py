@@ -21,29 +21,49 @@ import torch.nn.functional as F
 from torch import nn
 
 from .io.image import ImageError, load_image, to_float_gray
-from .model import pyrdown
+from .inference import FastKeyNet, pyrdown
+from .model import KeyNet
 from .weights import load_model
 
 ImageInput = Union[str, Path, np.ndarray, torch.Tensor]
 
 
+def _window_max(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Max over windows ``[i, i + size)`` along ``dim`` ('valid': the result is ``size - 1`` shorter).
+
+    Built by doubling (windows of 1, 2, 4, ... then one overlapping step), so it costs about
+    log2(size) elementwise maxima instead of ``size`` comparisons per position.
+    """
+    width = 1
+    while 2 * width <= size:
+        x = torch.maximum(x.narrow(dim, 0, x.shape[dim] - width), x.narrow(dim, width, x.shape[dim] - width))
+        width *= 2
+    if width < size:
+        step = size - width  # two windows of `width`, `step` apart, cover exactly `size`
+        x = torch.maximum(x.narrow(dim, 0, x.shape[dim] - step), x.narrow(dim, step, x.shape[dim] - step))
+    return x
+
+
 def strict_maxima(score: torch.Tensor, size: int) -> torch.Tensor:
     """Boolean (B,1,H,W) map of positions strictly greater than every other value in their
-    ``size`` x ``size`` window (ties suppress each other, as kornia's ``nms2d``).
+    ``size`` x ``size`` window (ties suppress each other, as kornia's ``nms2d``); the window is
+    clipped at the image edge.
 
-    The window minus its centre is covered by two max-pools: the full window over the rows above and
-    below, and the centre row without its centre (left and right halves).
+    The window minus its centre is covered by the full-width rows above and below the centre row,
+    and the centre row's left and right halves.
     """
     r = size // 2
+    if r == 0:
+        return torch.ones_like(score, dtype=torch.bool)
     h, w = score.shape[-2:]
-    neg = torch.finfo(score.dtype).min
-    row_max = F.max_pool2d(F.pad(score, (r, r, 0, 0), value=neg), (1, size), stride=1)  # (B,1,H,W)
-    padded_rows = F.pad(row_max, (0, 0, r, r), value=neg)
-    above = F.max_pool2d(padded_rows[..., : h + r - 1, :], (r, 1), stride=1)[..., :h, :]
-    below = F.max_pool2d(padded_rows[..., r + 1 :, :], (r, 1), stride=1)[..., :h, :]
-    padded_cols = F.pad(score, (r, r, 0, 0), value=neg)
-    left = F.max_pool2d(padded_cols[..., : w + r - 1], (1, r), stride=1)[..., :w]
-    right = F.max_pool2d(padded_cols[..., r + 1 :], (1, r), stride=1)[..., :w]
+    lo = float("-inf")
+    padded = F.pad(score, (r, r, r, r), value=lo)  # (B,1,H+2r,W+2r)
+    rows = _window_max(padded, size, dim=3)  # (B,1,H+2r,W): max over each full-width row segment
+    above = _window_max(rows[..., : h + r - 1, :], r, dim=2)  # rows y-r .. y-1
+    below = _window_max(rows[..., r + 1 :, :], r, dim=2)  # rows y+1 .. y+r
+    centre = padded[..., r : r + h, :]
+    left = _window_max(centre[..., : w + r - 1], r, dim=3)  # cols x-r .. x-1
+    right = _window_max(centre[..., r + 1 :], r, dim=3)  # cols x+1 .. x+r
     neighbours = torch.maximum(torch.maximum(above, below), torch.maximum(left, right))
     return score > neighbours
 
@@ -109,7 +129,10 @@ class KeyNetDetector(nn.Module):
             raise ValueError("score_threshold must be >= 0: the response is non-negative and 0 means 'none'")
         if c["nms_size"] < 1 or c["nms_size"] % 2 == 0:
             raise ValueError(f"nms_size must be a positive odd number, got {c['nms_size']}")
-        self.net = network if network is not None else load_model(weights, model)
+        net = network if network is not None else load_model(weights, model)
+        # A KeyNet runs through its inference form (BatchNorm folded, faster final conv): the same
+        # function up to float rounding. Later changes to `net`'s weights are not seen.
+        self.net = FastKeyNet(net) if isinstance(net, KeyNet) else net
         self.net.eval()
         # Follows .to(device) like a parameter would, also for a network without parameters.
         self.register_buffer("_device_probe", torch.zeros(0), persistent=False)

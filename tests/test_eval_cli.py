@@ -76,3 +76,11 @@ def test_data_split_suffix(tmp_path: Path) -> None:
     odd = tmp_path / "a@b"
     odd.mkdir()
     assert cli._parse_data(str(odd)) == (str(odd), None)  # an existing path is never split
+
+
+def test_eval_with_hardtfeat_descriptor(pairs_file: Path, tmp_path: Path) -> None:
+    argv = ["--data", str(pairs_file), "--detector", "gftt", "--descriptor", "hardtfeat", "--num-keypoints", "300"]
+    assert _run(argv + ["--out", str(tmp_path), "--quiet", "--no-plots"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["config"]["descriptor"] == "hardtfeat"
+    assert res["results"]["gftt"]["pairs"]["pairs"][0]["matching_score"] == 1.0

@@ -14,8 +14,8 @@ Key.Net protocol (``HSequences_bench`` of Barroso-Laguna et al.), choices pinned
 
 1. Common area: pixel ``p`` of *a* is kept when it is at least 15 px from *a*'s border and the
    bilinear sample at ``H p`` of *b*'s "15 px border removed" indicator image is ``>= 0.75`` (what
-   ``cv2.warpPerspective`` with ``INTER_LINEAR`` and a zero border gives); symmetrically for *b*
-   with ``H^-1``. A keypoint is inside when the mask pixel at its rounded position (half to even,
+   the original's ``cv2.warpPerspective`` with ``INTER_LINEAR`` and a zero border gives, computed
+   exactly instead of at OpenCV's 1/32 px precision); symmetrically for *b* with ``H^-1``. A keypoint is inside when the mask pixel at its rounded position (half to even,
    as Python's ``round``) is set; keypoints rounding outside the image are outside.
 2. The common-area filter comes first, then the top ``top_k`` keypoints by score (stable sort:
    equal scores keep detection order).

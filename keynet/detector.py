@@ -193,7 +193,8 @@ class KeyNetDetector(nn.Module):
         cur = image
         for i in range(c["pyramid_levels"] + 1):
             if i > 0:
-                cur = pyrdown(cur, c["scale_factor"])
+                ch, cw = cur.shape[-2:]
+                cur = pyrdown(cur, (int(ch / c["scale_factor"]), int(cw / c["scale_factor"])))
             nh, nw = cur.shape[-2:]
             if min(nh, nw) < self.min_image_size:
                 break

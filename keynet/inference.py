@@ -12,6 +12,8 @@ What changes, and why it is exact in real arithmetic:
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,13 +46,19 @@ def handcrafted_maps(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([dx, dy, dx * dx, dy * dy, dx * dy, dxy, dxy * dxy, dxx, dyy, dxx * dyy], 1)
 
 
-def pyrdown(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """``model.pyrdown`` with the 5x5 binomial blur applied as two separable passes."""
+def downsampled_side(side: int, factor: float) -> int:
+    """``floor(side / factor)`` in integer arithmetic on the factor as a fraction (1.2 = 6/5), so it
+    stays symbolic when exported to ONNX; equal to ``int(float(side) / factor)`` for 1.2 (tested)."""
+    q = Fraction(factor).limit_denominator(1000)
+    return side * q.denominator // q.numerator
+
+
+def pyrdown(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``model.pyrdown`` to an explicit output ``size`` (h, w), with the 5x5 binomial blur applied as
+    two separable passes."""
     p = F.pad(x, (2, 2, 2, 2), mode="reflect")
     v = (p[..., :-4, :] + p[..., 4:, :]) + 4 * (p[..., 1:-3, :] + p[..., 3:-1, :]) + 6 * p[..., 2:-2, :]
     b = (v[..., :-4] + v[..., 4:]) + 4 * (v[..., 1:-3] + v[..., 3:-1]) + 6 * v[..., 2:-2]
-    h, w = x.shape[-2:]
-    size = (int(float(h) / factor), int(float(w) / factor))
     return F.interpolate(b * (1.0 / 256.0), size=size, mode="bilinear", align_corners=False)
 
 
@@ -89,7 +97,8 @@ class FastKeyNet(nn.Module):
         out = None
         for level in range(self.num_levels):
             if level > 0:
-                x = pyrdown(x, self.pyramid_factor)
+                x = pyrdown(x, (downsampled_side(x.shape[-2], self.pyramid_factor),
+                                downsampled_side(x.shape[-1], self.pyramid_factor)))
             f = self.features(x)
             if level > 0:
                 f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)

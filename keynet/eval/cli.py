@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .datasets import Dataset
     from .detectors import Detector, Features, SIFTDescriptor, TFeatDescriptor
 
@@ -50,10 +52,16 @@ class FeatureCache:
 
 
 def evaluate_pair(
-    fa: "Features", shape_a: tuple[int, int], fb: "Features", shape_b: tuple[int, int], H: Any,
-    top_k: int, mma_top_k: int,
+    fa: "Features",
+    shape_a: tuple[int, int],
+    fb: "Features",
+    shape_b: tuple[int, int],
+    H: "np.ndarray",
+    top_k: int,
+    mma_top_k: int,
 ) -> dict[str, Any]:
-    """Both protocols on one pair of described detections (sorted best first)."""
+    """Both protocols on one pair: described detections of *a* and *b* (sorted best first), their
+    ``(height, width)`` and the 3x3 homography from *a* to *b*. Returns the per-pair record."""
     import numpy as np
 
     from . import protocols as P

@@ -1,0 +1,112 @@
+"""The IP layer and M-SIP loss on constructed score maps with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from keynet.train.loss import MSIP_SIZES, MSIP_WEIGHTS, ip_layer, msip_loss, warp_to, window_argmax
+
+
+def translation(tx: float, ty: float) -> torch.Tensor:
+    return torch.tensor([[[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]]])
+
+
+def test_paper_levels():
+    assert MSIP_SIZES == (8, 16, 24, 32, 40)
+    assert MSIP_WEIGHTS == (256.0, 64.0, 16.0, 4.0, 1.0)
+
+
+def test_ip_layer_delta_and_scale_invariance():
+    score = torch.zeros(1, 1, 16, 16)
+    score[0, 0, 3, 5] = 2.0  # window (0, 0)
+    score[0, 0, 12, 9] = 0.5  # window (1, 1)
+    coords, soft = ip_layer(score, 8)
+    assert coords.shape == (1, 2, 2, 2) and soft.shape == (1, 2, 2)
+    assert torch.allclose(coords[0, 0, 0], torch.tensor([5.0, 3.0]), atol=1e-4)
+    assert torch.allclose(coords[0, 1, 1], torch.tensor([9.0, 12.0]), atol=1e-4)
+    assert torch.allclose(soft[0], torch.tensor([[2.0, 0.0], [0.0, 0.5]]), atol=1e-4)
+    # Weights exp(R / max) - 1 do not depend on the response's scale.
+    blob = torch.rand(1, 1, 16, 16)
+    assert torch.allclose(ip_layer(blob, 8)[0], ip_layer(100.0 * blob, 8)[0], atol=1e-4)
+
+
+def test_ip_layer_soft_average():
+    # Two pixels of one window at the maximum and half of it: weights e-1 and e^0.5-1.
+    score = torch.zeros(1, 1, 8, 8)
+    score[0, 0, 2, 2] = 1.0
+    score[0, 0, 2, 6] = 0.5
+    coords, _ = ip_layer(score, 8)
+    w1, w2 = math.e - 1.0, math.exp(0.5) - 1.0
+    assert coords[0, 0, 0, 0].item() == pytest.approx((2 * w1 + 6 * w2) / (w1 + w2), abs=1e-4)
+    assert coords[0, 0, 0, 1].item() == pytest.approx(2.0, abs=1e-4)
+
+
+def test_window_argmax():
+    score = torch.zeros(2, 1, 16, 24)
+    score[1, 0, 10, 20] = 1.0
+    coords, values = window_argmax(score, 8)
+    assert coords.shape == (2, 2, 3, 2)
+    assert coords[1, 1, 2].tolist() == [20.0, 10.0] and values[1, 1, 2] == 1.0
+
+
+def test_warp_to_integer_translation():
+    image = torch.zeros(1, 1, 10, 12)
+    image[0, 0, 4, 3] = 1.0
+    out = warp_to(image, translation(2.0, 1.0), (10, 12))  # x_dst = x_src + (2, 1)
+    assert out[0, 0, 5, 5] == pytest.approx(1.0) and out.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("d", [(0, 0), (1, 2), (-3, 1)])
+def test_single_peak_known_loss(d):
+    """A peak moved by a translation, plus an offset d in view b: the loss is d's squared length.
+
+    One 16 x 16 window: the coordinate weight is 100 * softmax over one window = 100, so each
+    direction gives 1000 * 100 * |d|^2 / 16^2 and M-SIP (one level, weight 1) their mean."""
+    a = torch.zeros(1, 1, 16, 16)
+    b = torch.zeros(1, 1, 16, 16)
+    a[0, 0, 7, 5] = 1.0
+    b[0, 0, 7 + 2 + d[1], 5 + 3 + d[0]] = 3.0  # H moves (x, y) by (3, 2)
+    loss, levels = msip_loss(a, b, translation(3.0, 2.0), sizes=(16,), level_weights=(1.0,), border=0)
+    expected = 1000.0 * 100.0 * (d[0] ** 2 + d[1] ** 2) / 16**2
+    assert loss.item() == pytest.approx(expected, rel=1e-4, abs=1e-2)
+    assert levels[16] == pytest.approx(expected, rel=1e-4, abs=1e-2)
+
+
+def test_gradient_moves_peak_towards_target():
+    a = torch.zeros(1, 1, 16, 16)
+    a[0, 0, 7, 5] = 1.0
+    a.requires_grad_(True)
+    b = torch.zeros(1, 1, 16, 16)
+    b[0, 0, 7 + 2 + 2, 5 + 3 + 1] = 1.0  # target in a: (x, y) = (6, 9)
+    loss, _ = msip_loss(a, b, translation(3.0, 2.0), sizes=(16,), level_weights=(1.0,), border=0)
+    loss.backward()
+    g = a.grad[0, 0]
+    assert g[9, 6] < 0  # raising the score at the target lowers the loss
+    assert g[5, 4] > 0  # raising it on the far side raises the loss
+
+
+def test_border_and_visibility_masks():
+    a = torch.zeros(1, 1, 16, 16)
+    b = torch.zeros(1, 1, 16, 16)
+    a[0, 0, 1, 1] = 1.0  # inside a 2-pixel border: ignored
+    b[0, 0, 6, 6] = 1.0
+    loss, _ = msip_loss(a, b, translation(0.0, 0.0), sizes=(16,), level_weights=(1.0,), border=2)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    # Every pixel of a leaves b's frame under a 20-pixel shift: nothing is visible, nothing is trained.
+    a2 = torch.rand(1, 1, 16, 16, requires_grad=True)
+    loss2, _ = msip_loss(a2, torch.rand(1, 1, 16, 16), translation(20.0, 0.0), sizes=(8,), level_weights=(1.0,), border=0)
+    loss2.backward()
+    assert loss2.item() == 0.0 and a2.grad.abs().max() == 0.0
+
+
+def test_full_msip_runs_on_training_size():
+    torch.manual_seed(0)
+    a = torch.rand(2, 1, 64, 64, requires_grad=True)
+    b = torch.rand(2, 1, 64, 64)
+    loss, levels = msip_loss(a, b, translation(1.5, -2.0).repeat(2, 1, 1))
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0 and set(levels) == set(MSIP_SIZES)
+    assert torch.isfinite(a.grad).all()

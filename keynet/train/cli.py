@@ -69,9 +69,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(args: argparse.Namespace) -> int:
     conf = config_from_args(args)
     summary = train(conf, resume=args.resume)
-    if args.export and summary["world_size"] >= 1 and _is_main():
+    if args.export and summary["rank"] == 0:
         recipe = {
-            "command": shlex.join(["keynet", "train", *sys.argv[1:]]) if sys.argv[0].endswith("keynet") else shlex.join(sys.argv),
+            # `keynet train ...` has argv [.../keynet, train, ...]; `python -m` has [.../cli.py, ...].
+            "command": shlex.join(["keynet", *sys.argv[1:]]) if sys.argv[0].endswith("keynet") else shlex.join(["python", "-m", "keynet.train.cli", *sys.argv[1:]]),
             "args": asdict(conf),
             "seed": conf.seed,
             "git_commit": git_commit(),
@@ -86,12 +87,6 @@ def main(args: argparse.Namespace) -> int:
         path = export_weights(summary["best_path"], args.export, recipe)
         print(f"wrote {path}")
     return 0
-
-
-def _is_main() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 if __name__ == "__main__":

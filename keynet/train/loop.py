@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -276,7 +277,8 @@ def train(conf: TrainConfig, resume: bool = False, log: Callable[[str], None] = 
     t_start = time.time()
     torch.set_num_threads(conf.threads)
     torch.manual_seed(conf.seed)
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+    own_group = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized()
+    if own_group:
         dist.init_process_group("gloo")
     rank, world = _dist_info()
     if conf.batch_size % world:
@@ -402,7 +404,9 @@ def train(conf: TrainConfig, resume: bool = False, log: Callable[[str], None] = 
             break
     bar.close()
     summary = {"steps": step, "total_steps": total_steps, "wall_s": elapsed(), "data_s": t_data, "best": best,
-               "best_path": str(best_path), "last_path": str(last_path), "world_size": world}
+               "best_path": str(best_path), "last_path": str(last_path), "world_size": world, "rank": rank}
+    if own_group:
+        dist.destroy_process_group()
     if main_proc:
         log(f"done: {step} steps in {summary['wall_s']:.0f} s (pairs {t_data:.0f} s); best {best}")
     return summary
@@ -414,9 +418,13 @@ def _norm(v: Any) -> Any:
 
 
 def export_weights(best_path: str | Path, out_path: str | Path, recipe: dict[str, Any]) -> Path:
-    """Write the shipped-weights file ``{"state_dict", "model", "recipe"}`` from a ``best.pt``."""
+    """Write the shipped-weights file ``{"state_dict", "model", "recipe"}`` from a ``best.pt``.
+
+    The recipe goes through JSON (non-JSON values become strings), so the file loads with
+    ``torch.load(..., weights_only=True)``."""
     ckpt = torch.load(best_path, map_location="cpu", weights_only=False)
     state = {k: v.clone() for k, v in ckpt["state_dict"].items()}  # clone: no shared storage bloats the file
+    recipe = json.loads(json.dumps({**recipe, "best_step": ckpt["step"], "best": ckpt["best"]}, default=str))
     out_path = Path(out_path)
-    atomic_save({"state_dict": state, "model": ckpt["model"], "recipe": {**recipe, "best_step": ckpt["step"], "best": ckpt["best"]}}, out_path)
+    atomic_save({"state_dict": state, "model": ckpt["model"], "recipe": recipe}, out_path)
     return out_path

@@ -1,0 +1,118 @@
+"""The training loop on a handful of synthetic photos: loss falls, resume continues the same run,
+the CSV/plot/checkpoints are written, the CLI exports weights, and DDP runs with 2 processes."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from keynet.model import build_model
+from keynet.train import cli
+from keynet.train.loop import TrainConfig, learning_rate, train
+from keynet.weights import load_model, load_state_dict_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train_synthesis import textured_image  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for i in range(8):
+        cv2.imwrite(str(folder / f"im{i}.png"), textured_image(100 + i, 160, 200))
+    return folder
+
+
+def small_conf(image_dir: Path, out: Path, **kw) -> TrainConfig:
+    base = TrainConfig(out_dir=str(out), model="keynet", image_dir=str(image_dir), cache_dir=str(out.parent / "cache"),
+                       num_pairs=8, num_val_pairs=2, crop=64, val_crop=64, epochs=12, batch_size=4, lr=3e-3,
+                       val_every=6, val_sequence="none", log_every=2, threads=2, progress=False, seed=1,
+                       max_minutes=0.0)
+    return replace(base, **kw)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_loss_falls_and_files_are_written(image_dir: Path, tmp_path: Path):
+    conf = small_conf(image_dir, tmp_path / "run")
+    summary = train(conf, log=lambda s: None)
+    assert summary["steps"] == 24
+    rows = [r for r in read_csv(tmp_path / "run" / "log.csv") if r["loss"]]
+    losses = [float(r["loss"]) for r in rows]
+    # Rows average 2 steps = one pass over the same 8 pairs: a fair comparison between rows.
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    for name in ("last.pt", "best.pt", "log.csv", "curves.png"):
+        assert (tmp_path / "run" / name).is_file()
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temporary files left
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert best["best"]["step"] in (6, 12, 18, 24)
+
+
+def test_resume_continues_the_same_run(image_dir: Path, tmp_path: Path):
+    full = train(small_conf(image_dir, tmp_path / "full", epochs=4), log=lambda s: None)
+    # The same run, killed after its first checkpoint (step 6) and resumed.
+    train(small_conf(image_dir, tmp_path / "split", epochs=4, max_steps=6), log=lambda s: None)
+    resumed = train(small_conf(image_dir, tmp_path / "split", epochs=4), resume=True, log=lambda s: None)
+    assert full["steps"] == resumed["steps"] == 8
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=False)["state_dict"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    steps = [int(r["step"]) for r in read_csv(tmp_path / "split" / "log.csv") if r["loss"]]
+    assert steps == sorted(set(steps))  # no duplicated rows after the resume
+    with pytest.raises(ValueError, match="options differ"):
+        train(small_conf(image_dir, tmp_path / "split", epochs=4, lr=1e-2), resume=True, log=lambda s: None)
+
+
+def test_cli_exports_loadable_weights(image_dir: Path, tmp_path: Path):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    out = tmp_path / "tiny"
+    args = parser.parse_args(["--model", "tiny", "--out", str(out), "--images", str(image_dir), "--num-pairs", "8",
+                              "--num-val-pairs", "2", "--crop", "64", "--val-crop", "64", "--epochs", "1", "--batch-size", "4",
+                              "--val-sequence", "none", "--no-progress", "--export", str(tmp_path / "tiny.pth")])
+    assert cli.main(args) == 0
+    saved = torch.load(tmp_path / "tiny.pth", weights_only=False)
+    assert saved["model"] == "tiny" and saved["recipe"]["seed"] == 0 and saved["recipe"]["args"]["model"] == "tiny"
+    assert {"git_commit", "wall_time_s", "command"} <= set(saved["recipe"])
+    assert set(load_state_dict_file(tmp_path / "tiny.pth")) == set(build_model("tiny").state_dict())
+    load_model(tmp_path / "tiny.pth", "tiny")
+
+
+def test_learning_rate_schedules():
+    c = TrainConfig(lr=1e-3, min_lr_ratio=0.1, lr_decay=0.5, lr_decay_epochs=2)
+    assert learning_rate(replace(c, lr_schedule="constant"), 50, 100, 10) == 1e-3
+    assert learning_rate(replace(c, lr_schedule="step"), 19, 100, 10) == 1e-3
+    assert learning_rate(replace(c, lr_schedule="step"), 20, 100, 10) == pytest.approx(5e-4)
+    cos = replace(c, lr_schedule="cosine")
+    assert learning_rate(cos, 0, 100, 10) == pytest.approx(1e-3)
+    assert learning_rate(cos, 50, 100, 10) == pytest.approx(0.55e-3)
+    assert learning_rate(cos, 100, 100, 10) == pytest.approx(1e-4)
+
+
+def test_ddp_two_processes(image_dir: Path, tmp_path: Path):
+    """torchrun with 2 CPU processes (gloo): the run completes and rank 0 writes the checkpoints."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "keynet.train.cli", "--out", str(out), "--images", str(image_dir), "--num-pairs", "8",
+           "--num-val-pairs", "2", "--crop", "64", "--val-crop", "64", "--epochs", "1", "--batch-size", "4",
+           "--threads", "1", "--val-sequence", "none", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    assert ckpt["step"] == 2
+    assert not any(k.startswith("module.") for k in ckpt["state_dict"])

@@ -120,20 +120,22 @@ def _one_way_maps(
     return score_a * visible_a, target_map
 
 
-def ip_loss(score: torch.Tensor, target_map: torch.Tensor, n: int) -> torch.Tensor:
+def ip_loss(score: torch.Tensor, target_map: torch.Tensor, n: int, temperature: float = 1.0) -> torch.Tensor:
     """The IP loss (scalar) of the proposals of ``score`` against the window maxima of ``target_map``.
 
     Args:
         score: (B, 1, H, W) masked response of this view (gradient flows into it).
         target_map: (B, 1, H, W) the other view's response warped into this view, masked.
         n: window size.
+        temperature: of the softmax over the windows' normalised soft scores; below 1 it trains the
+            strongest windows more (the ones a top-k detector keeps).
     """
     coords, soft_scores = ip_layer(score, n)
     target, target_value = window_argmax(target_map, n)
     b, hh, ww = soft_scores.shape
     ss = soft_scores.detach().reshape(b, -1)
     ss = ss / (ss.amax(-1, keepdim=True) + _EPS)
-    weights = 100.0 * torch.softmax(ss, -1).reshape(b, hh, ww)
+    weights = 100.0 * torch.softmax(ss / temperature, -1).reshape(b, hh, ww)
     valid = (target_value > 0) & (soft_scores.detach() > 0)
     dist = (((coords - target) / n) ** 2).sum(-1)
     return 1000.0 * (weights * valid * dist).mean()
@@ -146,6 +148,7 @@ def msip_loss(
     sizes: Sequence[int] = MSIP_SIZES,
     level_weights: Sequence[float] = MSIP_WEIGHTS,
     border: int = 16,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, dict[int, float]]:
     """M-SIP: symmetric IP loss summed over window sizes (scalar), and each level's value.
 
@@ -154,6 +157,7 @@ def msip_loss(
         h_ab: (B, 3, 3) homography from a's pixels to b's pixels.
         sizes, level_weights: window sizes and their weights (defaults: the paper's).
         border: ignored frame in pixels (16 in the released training code).
+        temperature: of the window weighting, see ``ip_loss``.
     """
     if len(sizes) != len(level_weights):
         raise ValueError("sizes and level_weights must have the same length")
@@ -165,7 +169,7 @@ def msip_loss(
     total = score_a.new_zeros(())
     levels: dict[int, float] = {}
     for n, w in zip(sizes, level_weights):
-        level = 0.5 * (ip_loss(a, target_a, n) + ip_loss(b, target_b, n))
+        level = 0.5 * (ip_loss(a, target_a, n, temperature) + ip_loss(b, target_b, n, temperature))
         levels[n] = float(level.detach())
         total = total + w * level
     return total, levels

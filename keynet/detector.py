@@ -105,7 +105,11 @@ class KeyNetDetector(nn.Module):
         "score_threshold": 0.0,  # keep responses strictly above it
         "scale_mult": 22.0,  # keypoint radius at full resolution, pixels
         "compat": None,  # None, or "kornia" for kornia's level-to-image mapping
+        "band_pixels": 2**22,  # larger levels run the network in overlapping row bands (memory)
     }
+    # Rows of context above and below a band: more than the network's receptive-field radius
+    # (about 20 px: the Sobel pair, three 5x5 convs at 1/1.44 resolution, two blurs, the last conv).
+    band_margin = 32
 
     def __init__(
         self,
@@ -250,14 +254,51 @@ class KeyNetDetector(nn.Module):
                 r["lafs"] = keypoints_to_lafs(r["keypoints"], r["scales"])
         return results if batched else results[0]
 
+    def _bands(self, h: int, w: int) -> list[tuple[int, int]]:
+        """Row ranges [r0, r1) covering h rows, each at most ``band_pixels`` pixels (one band if it fits)."""
+        rows = max(self.band_margin, self.conf["band_pixels"] // max(w, 1))
+        return [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
+
+    def _response(self, level: torch.Tensor) -> torch.Tensor:
+        """The network's response to ``level``, in row bands when the level is large.
+
+        A band sees ``band_margin`` rows of context on each side, so only the in-network pyramid's
+        resampling grid differs from the whole-image computation (by well under a pixel), which
+        changes scores slightly; levels up to ``band_pixels`` are computed whole and exactly.
+        """
+        h, w = level.shape[-2:]
+        bands = self._bands(h, w)
+        if len(bands) == 1:
+            return self.net(level)
+        out = level.new_empty(level.shape)
+        m = self.band_margin
+        for r0, r1 in bands:
+            a, z = max(0, r0 - m), min(h, r1 + m)
+            out[..., r0:r1, :] = self.net(level[..., a:z, :])[..., r0 - a : r1 - a, :]
+        return out
+
+    def _maxima(self, score: torch.Tensor) -> torch.Tensor:
+        """``strict_maxima`` computed band by band (exact: a band sees the window's rows beyond it)."""
+        h, w = score.shape[-2:]
+        size = self.conf["nms_size"]
+        bands = self._bands(h, w)
+        if len(bands) == 1:
+            return strict_maxima(score, size)
+        keep = torch.empty(score.shape, dtype=torch.bool, device=score.device)
+        r = size // 2
+        for r0, r1 in bands:
+            a, z = max(0, r0 - r), min(h, r1 + r)
+            keep[..., r0:r1, :] = strict_maxima(score[..., a:z, :], size)[..., r0 - a : r1 - a, :]
+        return keep
+
     def _detect_batch(self, batch: torch.Tensor, masks: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
         c = self.conf
         b = batch.shape[0]
         per_image: list[list[torch.Tensor]] = [[] for _ in range(b)]  # rows: x, y, scale, score
         for level, fx, fy in self._levels(batch):
-            score = self.net(level)
+            score = self._response(level)
             nh, nw = score.shape[-2:]
-            keep = strict_maxima(score, c["nms_size"]) & (score > c["score_threshold"])
+            keep = self._maxima(score) & (score > c["score_threshold"])
             bd = c["border"]
             keep[..., :bd, :] = False
             keep[..., nh - bd :, :] = False

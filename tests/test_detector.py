@@ -148,3 +148,23 @@ def test_unknown_option_and_bad_compat_are_rejected():
         KeyNetDetector(network=Identity(), num_keypoint=5)
     with pytest.raises(ValueError, match="compat"):
         KeyNetDetector(network=Identity(), compat="opencv")
+
+
+def test_banded_maxima_are_exact():
+    det = KeyNetDetector(network=Identity(), band_pixels=40 * 64)  # bands of 40 rows of a 64-wide map
+    g = torch.Generator().manual_seed(3)
+    score = torch.randint(0, 50, (1, 1, 150, 64), generator=g).float()
+    assert len(det._bands(150, 64)) == 4
+    assert torch.equal(det._maxima(score), strict_maxima(score, 15))
+
+
+def test_banded_response_keeps_nearly_all_keypoints(data_dir, reference_weights):
+    img = read_gray(data_dir / "oxford_affine/bikes/img1.png")[..., :480, :640]
+    whole = KeyNetDetector(weights=reference_weights, num_keypoints=1000).detect(img)[0]
+    banded_det = KeyNetDetector(weights=reference_weights, num_keypoints=1000, band_pixels=100 * 640)
+    assert len(banded_det._bands(480, 640)) == 5
+    banded = banded_det.detect(img)[0]
+    a = torch.cat([whole["keypoints"], whole["scales"][:, None]], 1).double()
+    b = torch.cat([banded["keypoints"], banded["scales"][:, None]], 1).double()
+    same = (a[:, None] - b[None]).abs().amax(-1).min(1).values < 1e-3
+    assert same.double().mean() >= 0.9

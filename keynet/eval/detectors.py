@@ -133,11 +133,12 @@ class KeyNetEval:
         model: str = "keynet",
         compat: str | None = None,
         num_keypoints: int = 2048,
+        **conf: Any,
     ) -> None:
         from keynet.detector import KeyNetDetector
 
         self.name = name
-        self._det = KeyNetDetector(weights=weights, model=model, num_keypoints=num_keypoints, compat=compat)
+        self._det = KeyNetDetector(weights=weights, model=model, num_keypoints=num_keypoints, compat=compat, **conf)
 
     def detect(self, image: np.ndarray) -> Features:
         out = self._det.detect(image)
@@ -180,14 +181,20 @@ def make_detector(spec: str, num_keypoints: int = 2048) -> Detector:
     if any("=" not in o for o in opts):
         raise ValueError(f"detector spec {spec!r}: options must be key=value")
     kind, _, path = head.partition(":")
-    allowed = {"keynet": {"model", "compat"}, "keynet-ref": {"model", "compat"}}.get(kind, set())
+    from keynet.detector import KeyNetDetector
+
+    # Key.Net takes `model`, `compat` and its numeric detector options, e.g. `keynet,up_levels=0`.
+    numeric = {k for k, v in KeyNetDetector.default_conf.items() if isinstance(v, (int, float)) and k != "num_keypoints"}
+    keynet_opts = {"model", "compat"} | numeric
+    allowed = {"keynet": keynet_opts, "keynet-ref": keynet_opts}.get(kind, set())
     if set(options) - allowed:
         raise ValueError(f"detector spec {spec!r}: unknown option(s) {sorted(set(options) - allowed)}")
     if kind in _OPENCV_DETECTORS and not path:
         return OpenCVDetector(kind, num_keypoints)
     if kind == "keynet" or (kind == "keynet-ref" and not path):
         weights = reference_weights_path() if kind == "keynet-ref" else (path or None)
-        return KeyNetEval(spec, weights, options.get("model", "keynet"), options.get("compat"), num_keypoints)
+        conf = {k: type(KeyNetDetector.default_conf[k])(float(v)) for k, v in options.items() if k in numeric}
+        return KeyNetEval(spec, weights, options.get("model", "keynet"), options.get("compat"), num_keypoints, **conf)
     if kind == "kornia-keynet":
         return KorniaKeyNet(spec, path or reference_weights_path(), num_keypoints)
     known = sorted(_OPENCV_DETECTORS) + ["keynet[:PATH]", "keynet-ref", "kornia-keynet[:PATH]"]

@@ -11,7 +11,6 @@ the default bands with one whole-image pass (which needs several GB at 4000x3000
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import time
 
 import cv2
@@ -20,35 +19,18 @@ import torch
 
 from keynet import KeyNetDetector
 from keynet.paths import reference_weights_path, shared_data_dir
+from memory import in_fresh_process, measure_peak  # benchmarks/ is on sys.path
 
 
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
-
-
-def _run(width: int, height: int, band_pixels: int, queue) -> None:
+def detect_once(width: int, height: int, band_pixels: int) -> tuple[float, float, np.ndarray]:
+    """Seconds, peak MB and (N, 3) keypoints+scales of one detection on the enlarged photo."""
     img = cv2.imread(str(shared_data_dir() / "oxford_affine/graf/img1.png"), cv2.IMREAD_GRAYSCALE)
     big = cv2.resize(img, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255
     det = KeyNetDetector(weights=reference_weights_path(), band_pixels=band_pixels)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    before = _status_kb("VmRSS")
     t = time.perf_counter()
-    out = det.detect(big)
+    out, peak_mb = measure_peak(lambda: det.detect(big))
     seconds = time.perf_counter() - t
-    peak_mb = (_status_kb("VmHWM") - before) / 1024
-    queue.put((seconds, peak_mb, torch.cat([out["keypoints"], out["scales"][:, None]], 1).double().numpy()))
-
-
-def detect_in_child(width: int, height: int, band_pixels: int):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    p = ctx.Process(target=_run, args=(width, height, band_pixels, queue))
-    p.start()
-    result = queue.get()
-    p.join()
-    return result
+    return seconds, peak_mb, torch.cat([out["keypoints"], out["scales"][:, None]], 1).double().numpy()
 
 
 def main() -> None:
@@ -58,11 +40,11 @@ def main() -> None:
     parser.add_argument("--skip-whole", action="store_true", help="only the banded run")
     args = parser.parse_args()
     default = KeyNetDetector.default_conf["band_pixels"]
-    t, peak, banded = detect_in_child(args.width, args.height, default)
+    t, peak, banded = in_fresh_process(detect_once, args.width, args.height, default)
     print(f"{args.width}x{args.height}, bands of {default} px: {t:.1f} s, peak {peak:.0f} MB, {len(banded)} keypoints")
     if args.skip_whole:
         return
-    t, peak, whole = detect_in_child(args.width, args.height, 2**40)
+    t, peak, whole = in_fresh_process(detect_once, args.width, args.height, 2**40)
     same = np.abs(whole[:, None] - banded[None]).max(-1).min(1) < 1e-3
     print(f"{args.width}x{args.height}, whole levels: {t:.1f} s, peak {peak:.0f} MB")
     print(f"banded keypoints identical to whole-level ones (position and scale within 1e-3 px): {same.mean():.1%}")

@@ -138,7 +138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--detector", action="append", required=True, metavar="SPEC",
         help="sift, orb, fast, gftt, harris, akaze, kaze, harris-laplace, keynet (shipped weights), "
         "keynet:PATH, keynet-ref (reference weights), kornia-keynet[:PATH]; Key.Net options after "
-        "commas: model=tiny, compat=kornia. Repeatable.",
+        "commas: model=tiny, compat=kornia, and numeric detector options such as up_levels=0. Repeatable.",
     )  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
     parser.add_argument(

@@ -1,0 +1,181 @@
+"""Speed of keynet against kornia and OpenCV, measured in one process on the same images and weights.
+
+    python benchmarks/speed.py [--repeats 7] [--threads 2] [--memory]
+
+Prints medians (wall-clock seconds), the ratio of each method to its anchor (kornia for Key.Net,
+OpenCV SIFT for Tiny-Key.Net), keypoint agreement with kornia, the network's achieved GFLOP/s as a
+fraction of torch's fp32 matmul GFLOP/s measured in the same run and, with --memory, the peak
+memory of one detection (each in a fresh process). Methods are interleaved within each repeat so
+that load from elsewhere on the machine affects all of them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+
+from keynet import KeyNetDetector
+from keynet.inference import FastKeyNet
+from keynet.model import KeyNet
+from keynet.paths import reference_weights_path, shared_data_dir
+from keynet.weights import load_model, load_state_dict_file, shipped_weights_path
+from memory import in_fresh_process, measure_peak  # benchmarks/ is on sys.path
+
+NUM_KEYPOINTS = 2048
+
+
+def test_images() -> dict[str, np.ndarray]:
+    """Float (H, W) images in [0, 1]: two standard sizes cut and resized from a real photo, and a photo."""
+    bikes = cv2.imread(str(shared_data_dir() / "oxford_affine/bikes/img1.png"), cv2.IMREAD_GRAYSCALE)
+    graf = cv2.imread(str(shared_data_dir() / "oxford_affine/graf/img1.png"), cv2.IMREAD_GRAYSCALE)
+    square = cv2.resize(bikes[:700, 150:850], (600, 600), interpolation=cv2.INTER_AREA)
+    wide = cv2.resize(bikes, (1024, 768), interpolation=cv2.INTER_LINEAR)
+    return {k: v.astype(np.float32) / 255 for k, v in
+            {"600x600": square, "1024x768": wide, "graf 800x640": graf}.items()}
+
+
+def network_flops(conf: dict, h: int, w: int) -> float:
+    """Multiply-adds x 2 of one KeyNet forward on an (h, w) image (convolutions only)."""
+    k2 = conf["kernel_size"] ** 2
+    per_pixel = sum((10 if i == 0 else conf["num_filters"]) * conf["num_filters"] * k2
+                    for i in range(conf["num_blocks"]))
+    flops, hh, ww = 0.0, h, w
+    for level in range(conf["num_levels"]):
+        if level:
+            hh, ww = int(hh / conf["pyramid_factor"]), int(ww / conf["pyramid_factor"])
+        flops += 2 * per_pixel * hh * ww
+    last = conf["num_filters"] * conf["num_levels"] * conf["last_kernel_size"] ** 2
+    return flops + 2 * last * h * w
+
+
+def detector_flops(det: KeyNetDetector, conf: dict, h: int, w: int) -> float:
+    return sum(network_flops(conf, *lvl.shape[-2:]) for lvl, _, _ in det._levels(torch.zeros(1, 1, h, w)))
+
+
+def matmul_gflops(repeats: int) -> float:
+    a = torch.randn(2048, 2048)
+    b = torch.randn(2048, 2048)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * 2048**3 / statistics.median(times) / 1e9
+
+
+def build_methods(image: np.ndarray) -> dict[str, Callable[[], object]]:
+    """Name -> a callable running one detection (or response map) on ``image``."""
+    import kornia.feature as KF
+
+    ref = reference_weights_path()
+    x = torch.from_numpy(image)[None, None]
+    u8 = np.round(image * 255).astype(np.uint8)
+    kornia_net = KF.KeyNet(pretrained=False)
+    kornia_net.load_state_dict(load_state_dict_file(ref))
+    kornia_net.eval()
+    kornia_det = KF.KeyNetDetector(pretrained=False, num_features=NUM_KEYPOINTS)
+    kornia_det.model.load_state_dict(load_state_dict_file(ref))
+    kornia_det.eval()
+    ours_net = FastKeyNet(load_model(ref))
+    ours_compat = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, compat="kornia")
+    ours = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS)
+    sift = cv2.SIFT_create(nfeatures=NUM_KEYPOINTS)
+    methods = {
+        "kornia KeyNet response": lambda: kornia_net(x),
+        "keynet response": lambda: ours_net(x),
+        "kornia KeyNetDetector": lambda: kornia_det(x),
+        "keynet detect compat=kornia": lambda: ours_compat.detect(x),
+        "keynet detect": lambda: ours.detect(x),
+        "OpenCV SIFT detect": lambda: sift.detect(u8, None),
+    }
+    tiny = shipped_weights_path("tiny")
+    if tiny.is_file():
+        tiny_det = KeyNetDetector(model="tiny", num_keypoints=NUM_KEYPOINTS)
+        methods["keynet tiny detect"] = lambda: tiny_det.detect(x)
+    return methods
+
+
+def time_methods(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    with torch.inference_mode():
+        for fn in methods.values():
+            fn()  # warm-up: allocator, oneDNN primitive cache
+        for _ in range(repeats):
+            for name, fn in methods.items():
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def keypoint_agreement(image: np.ndarray) -> float:
+    """Share of kornia's keypoints that keynet's compat mode returns (position and scale within 1e-3)."""
+    import kornia.feature as KF
+
+    ref = reference_weights_path()
+    x = torch.from_numpy(image)[None, None]
+    kd = KF.KeyNetDetector(pretrained=False, num_features=NUM_KEYPOINTS)
+    kd.model.load_state_dict(load_state_dict_file(ref))
+    kd.eval()
+    with torch.inference_mode():
+        lafs, _ = kd(x)
+        ours = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, compat="kornia").detect(x)[0]
+    a = torch.cat([lafs[0, :, :, 2], lafs[0, :, 0, 0, None]], 1).double()
+    b = torch.cat([ours["keypoints"], ours["scales"][:, None]], 1).double()
+    return ((a[:, None] - b[None]).abs().amax(-1).min(1).values < 1e-3).double().mean().item()
+
+
+def _peak_of(name: str, size: str, threads: int) -> float:
+    torch.set_num_threads(threads)
+    fn = build_methods(test_images()[size])[name]
+    with torch.inference_mode():
+        return measure_peak(fn)[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory (slower)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
+    mm = matmul_gflops(args.repeats)
+    print(f"torch fp32 matmul (2048^2): {mm:.1f} GFLOP/s\n")
+    conf = KeyNet().conf
+    for size, image in test_images().items():
+        h, w = image.shape
+        methods = build_methods(image)
+        med = time_methods(methods, args.repeats)
+        print(f"## {size}  (median of {args.repeats}, seconds; ratio = anchor time / method time)")
+        anchors = {"keynet response": "kornia KeyNet response",
+                   "keynet detect compat=kornia": "kornia KeyNetDetector",
+                   "keynet detect": "kornia KeyNetDetector",
+                   "keynet tiny detect": "OpenCV SIFT detect"}
+        det = KeyNetDetector(weights=reference_weights_path())
+        flops = {"keynet response": network_flops(conf, h, w),
+                 "keynet detect compat=kornia": detector_flops(det, conf, h, w),
+                 "keynet detect": detector_flops(det, conf, h, w)}
+        for name, t in med.items():
+            line = f"  {name:30s} {t:8.4f}"
+            if name in anchors:
+                line += f"   {med[anchors[name]] / t:5.2f}x vs {anchors[name]}"
+            if name in flops:
+                g = flops[name] / t / 1e9
+                line += f"   {g:6.1f} GFLOP/s = {g / mm:4.0%} of matmul"
+            if args.memory:
+                line += f"   peak {in_fresh_process(_peak_of, name, size, args.threads):7.1f} MB"
+            print(line, flush=True)
+        print(f"  compat=kornia keypoints identical to kornia's: {keypoint_agreement(image):.2%}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -87,6 +87,7 @@ def build_methods(image: np.ndarray) -> dict[str, Callable[[], object]]:
     ours_net = FastKeyNet(load_model(ref))
     ours_compat = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, compat="kornia")
     ours = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS)
+    fast = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, up_levels=0)
     sift = cv2.SIFT_create(nfeatures=NUM_KEYPOINTS)
     methods = {
         "kornia KeyNet response": lambda: kornia_net(x),
@@ -94,6 +95,7 @@ def build_methods(image: np.ndarray) -> dict[str, Callable[[], object]]:
         "kornia KeyNetDetector": lambda: kornia_det(x),
         "keynet detect compat=kornia": lambda: ours_compat.detect(x),
         "keynet detect": lambda: ours.detect(x),
+        "keynet detect fast (up_levels=0)": lambda: fast.detect(x),
         "OpenCV SIFT detect": lambda: sift.detect(u8, None),
     }
     tiny = shipped_weights_path("tiny")
@@ -159,13 +161,14 @@ def main() -> None:
         anchors = {"keynet response": "kornia KeyNet response",
                    "keynet detect compat=kornia": "kornia KeyNetDetector",
                    "keynet detect": "kornia KeyNetDetector",
+                   "keynet detect fast (up_levels=0)": "kornia KeyNetDetector",
                    "keynet tiny detect": "OpenCV SIFT detect"}
         det = KeyNetDetector(weights=reference_weights_path())
         flops = {"keynet response": network_flops(conf, h, w),
                  "keynet detect compat=kornia": detector_flops(det, conf, h, w),
                  "keynet detect": detector_flops(det, conf, h, w)}
         for name, t in med.items():
-            line = f"  {name:30s} {t:8.4f}"
+            line = f"  {name:34s} {t:8.4f}"
             if name in anchors:
                 line += f"   {med[anchors[name]] / t:5.2f}x vs {anchors[name]}"
             if name in flops:
@@ -174,6 +177,7 @@ def main() -> None:
             if args.memory:
                 line += f"   peak {in_fresh_process(_peak_of, name, size, args.threads):7.1f} MB"
             print(line, flush=True)
+        print(f"  network GFLOP per detection: {flops['keynet detect'] / 1e9:.1f}")
         print(f"  compat=kornia keypoints identical to kornia's: {keypoint_agreement(image):.2%}\n")
 
 

@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=["keynet", "tiny"], default="keynet")
     p.add_argument("--num-keypoints", type=int, default=2048)
     p.add_argument("--compat", choices=["kornia"], default=None, help="kornia's level-to-image mapping")
+    p.add_argument("--fast", action="store_true",
+                   help="skip the upsampled pyramid level: about 2x faster, fewer small-scale keypoints")
     p.add_argument("--viz", action="store_true", help="also write <stem>.png with the keypoints drawn")
     p.add_argument("--device", default="cpu")
 
@@ -65,6 +67,7 @@ def main(args: argparse.Namespace) -> int:
         detector = KeyNetDetector(
             weights=args.weights, model=args.model, device=args.device,
             num_keypoints=args.num_keypoints, compat=args.compat,
+            **({"up_levels": 0} if args.fast else {}),
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"keynet: {e}", file=sys.stderr)

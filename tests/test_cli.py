@@ -55,3 +55,13 @@ def test_bad_weights_file_is_a_clear_error(tmp_path, images, capsys):
 def test_console_script_help():
     r = subprocess.run([sys.executable, "-m", "keynet.cli", "detect", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--num-keypoints" in r.stdout
+
+
+def test_fast_mode_skips_the_upsampled_level(tmp_path, images, reference_weights):
+    out = tmp_path / "out"
+    for flag, sub in (([], "exact"), (["--fast"], "fast")):
+        rc = main(["detect", str(images / "a.png"), "--out", str(out / sub), "--weights", str(reference_weights), *flag])
+        assert rc == 0
+    exact, fast = np.load(out / "exact/a.npz"), np.load(out / "fast/a.npz")
+    assert exact["scales"].min() < 22 - 1e-3  # the upsampled level's radius, 22 / 1.41
+    assert fast["scales"].min() >= 22 - 1e-4

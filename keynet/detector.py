@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
@@ -221,7 +221,7 @@ class KeyNetDetector(nn.Module):
         return (coord + 0.5) * factor - 0.5
 
     def _to_mask(self, mask: Any, image: torch.Tensor) -> torch.Tensor:
-        m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+        m = torch.as_tensor(mask)
         b, _, h, w = image.shape
         if m.ndim == 2:
             m = m[None, None].expand(b, 1, h, w)
@@ -259,6 +259,22 @@ class KeyNetDetector(nn.Module):
         rows = max(self.band_margin, self.conf["band_pixels"] // max(w, 1))
         return [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
 
+    def _in_bands(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, margin: int) -> torch.Tensor:
+        """``fn(x)`` for a map-to-same-size function, computed in row bands when ``x`` is large: each
+        band sees ``margin`` rows of context on each side, of which its result keeps none."""
+        h, w = x.shape[-2:]
+        bands = self._bands(h, w)
+        if len(bands) == 1:
+            return fn(x)
+        out = None
+        for r0, r1 in bands:
+            a, z = max(0, r0 - margin), min(h, r1 + margin)
+            part = fn(x[..., a:z, :])[..., r0 - a : r1 - a, :]
+            if out is None:
+                out = part.new_empty(x.shape)
+            out[..., r0:r1, :] = part
+        return out
+
     def _response(self, level: torch.Tensor) -> torch.Tensor:
         """The network's response to ``level``, in row bands when the level is large.
 
@@ -266,30 +282,12 @@ class KeyNetDetector(nn.Module):
         resampling grid differs from the whole-image computation (by well under a pixel), which
         changes scores slightly; levels up to ``band_pixels`` are computed whole and exactly.
         """
-        h, w = level.shape[-2:]
-        bands = self._bands(h, w)
-        if len(bands) == 1:
-            return self.net(level)
-        out = level.new_empty(level.shape)
-        m = self.band_margin
-        for r0, r1 in bands:
-            a, z = max(0, r0 - m), min(h, r1 + m)
-            out[..., r0:r1, :] = self.net(level[..., a:z, :])[..., r0 - a : r1 - a, :]
-        return out
+        return self._in_bands(self.net, level, self.band_margin)
 
     def _maxima(self, score: torch.Tensor) -> torch.Tensor:
         """``strict_maxima`` computed band by band (exact: a band sees the window's rows beyond it)."""
-        h, w = score.shape[-2:]
         size = self.conf["nms_size"]
-        bands = self._bands(h, w)
-        if len(bands) == 1:
-            return strict_maxima(score, size)
-        keep = torch.empty(score.shape, dtype=torch.bool, device=score.device)
-        r = size // 2
-        for r0, r1 in bands:
-            a, z = max(0, r0 - r), min(h, r1 + r)
-            keep[..., r0:r1, :] = strict_maxima(score[..., a:z, :], size)[..., r0 - a : r1 - a, :]
-        return keep
+        return self._in_bands(lambda part: strict_maxima(part, size), score, size // 2)
 
     def _detect_batch(self, batch: torch.Tensor, masks: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
         c = self.conf

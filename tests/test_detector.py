@@ -2,20 +2,12 @@ import kornia.feature as KF
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from keynet import KeyNetDetector
 from keynet.detector import strict_maxima
 from keynet.weights import load_state_dict_file
 
-from .conftest import read_gray
-
-
-class Identity(nn.Module):
-    """A 'network' whose response is the image itself: maxima are where the image peaks."""
-
-    def forward(self, x):
-        return x
+from .conftest import Identity, read_gray
 
 
 def blob_image(h, w, centres, sigma=3.0):

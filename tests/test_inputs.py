@@ -5,14 +5,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from keynet import ImageError, KeyNetDetector, load_image
 
-
-class Identity(nn.Module):
-    def forward(self, x):
-        return x
+from .conftest import Identity
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ Conventions (stated once for the package):
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -23,6 +24,7 @@ from torch import nn
 from .io.image import ImageError, load_image, to_float_gray
 from .inference import FastKeyNet, pyrdown
 from .model import KeyNet
+from .parallel import run_tasks
 from .weights import load_model
 
 ImageInput = Union[str, Path, np.ndarray, torch.Tensor]
@@ -289,33 +291,37 @@ class KeyNetDetector(nn.Module):
         size = self.conf["nms_size"]
         return self._in_bands(lambda part: strict_maxima(part, size), score, size // 2)
 
-    def _detect_batch(self, batch: torch.Tensor, masks: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
+    def _level_candidates(self, level: torch.Tensor, fx: float, fy: float, masks: torch.Tensor | None) -> torch.Tensor:
+        """Maxima of one pyramid level as rows (image index, x, y, scale, score), row-major order."""
         c = self.conf
-        b = batch.shape[0]
-        per_image: list[list[torch.Tensor]] = [[] for _ in range(b)]  # rows: x, y, scale, score
-        for level, fx, fy in self._levels(batch):
-            score = self._response(level)
-            nh, nw = score.shape[-2:]
-            keep = self._maxima(score) & (score > c["score_threshold"])
-            bd = c["border"]
-            keep[..., :bd, :] = False
-            keep[..., nh - bd :, :] = False
-            keep[..., :, :bd] = False
-            keep[..., :, nw - bd :] = False
-            if masks is not None:
-                keep &= self._level_mask(masks, (nh, nw), fx, fy)
-            bi, _, v, u = torch.nonzero(keep, as_tuple=True)  # row-major order
-            s = score[bi, 0, v, u]
-            x = self._map(u.double(), fx)
-            y = self._map(v.double(), fy)
-            scale = torch.full_like(x, 0.5 * (fx + fy) * c["scale_mult"])
-            rows = torch.stack([x, y, scale, s.double()], 1)
-            for i in range(b):
-                per_image[i].append(rows[bi == i])
+        score = self._response(level)
+        nh, nw = score.shape[-2:]
+        keep = self._maxima(score) & (score > c["score_threshold"])
+        bd = c["border"]
+        keep[..., :bd, :] = False
+        keep[..., nh - bd :, :] = False
+        keep[..., :, :bd] = False
+        keep[..., :, nw - bd :] = False
+        if masks is not None:
+            keep &= self._level_mask(masks, (nh, nw), fx, fy)
+        bi, _, v, u = torch.nonzero(keep, as_tuple=True)  # row-major order
+        s = score[bi, 0, v, u]
+        x = self._map(u.double(), fx)
+        y = self._map(v.double(), fy)
+        scale = torch.full_like(x, 0.5 * (fx + fy) * c["scale_mult"])
+        return torch.stack([bi.double(), x, y, scale, s.double()], 1)
+
+    def _detect_batch(self, batch: torch.Tensor, masks: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
+        levels = self._levels(batch)
+        # Largest level first, so that the threads finish together (see keynet.parallel).
+        order = sorted(range(len(levels)), key=lambda i: -levels[i][0].numel())
+        found = run_tasks([partial(self._level_candidates, *levels[i], masks) for i in order])
+        by_level = [found[order.index(i)] for i in range(len(levels))]  # back to level order: tie-breaks
+        rows_all = torch.cat(by_level) if by_level else torch.zeros(0, 5, dtype=torch.float64)
         out = []
-        for rows_list in per_image:
-            rows = torch.cat(rows_list) if rows_list else torch.zeros(0, 4, dtype=torch.float64)
-            order = torch.sort(rows[:, 3], descending=True, stable=True).indices[: c["num_keypoints"]]
-            rows = rows[order].float()
+        for i in range(batch.shape[0]):
+            rows = rows_all[rows_all[:, 0] == i, 1:]
+            order_i = torch.sort(rows[:, 3], descending=True, stable=True).indices[: self.conf["num_keypoints"]]
+            rows = rows[order_i].float()
             out.append({"keypoints": rows[:, :2].contiguous(), "scales": rows[:, 2].contiguous(), "scores": rows[:, 3].contiguous()})
         return out

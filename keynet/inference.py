@@ -13,12 +13,14 @@ What changes, and why it is exact in real arithmetic:
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .model import KeyNet
+from .parallel import run_tasks
 
 
 def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,21 +30,30 @@ def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, 
     return weight.detach().clone(), bias.detach().clone()
 
 
-def _sobel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised Sobel (dx, dy) of (N,1,H,W) with a replicated border, as ``HandcraftedBlock``."""
+# Each map is computed at 2**k times its true value: the Sobel kernels' 1/8 normalisation is left
+# out (dx, dy carry 8; second derivatives and products of first derivatives 64; products of second
+# derivatives 4096). The first convolution's weights are divided by the same powers of two, which is
+# exact in floating point, so this saves a pass over every map at no cost in accuracy.
+MAP_SCALES = (8.0, 8.0, 64.0, 64.0, 64.0, 64.0, 4096.0, 64.0, 64.0, 4096.0)
+
+
+def _sobel8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """8 x the normalised Sobel (dx, dy) of (N,1,H,W) with a replicated border, as
+    ``HandcraftedBlock``; the [1 2 1] smoothing as two pair sums, one pass fewer than a + 2b + c."""
     p = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    smooth_rows = p[..., :-2, :] + 2 * p[..., 1:-1, :] + p[..., 2:, :]  # (N,1,H,W+2)
-    smooth_cols = p[..., :-2] + 2 * p[..., 1:-1] + p[..., 2:]  # (N,1,H+2,W)
-    dx = (smooth_rows[..., 2:] - smooth_rows[..., :-2]) * 0.125
-    dy = (smooth_cols[..., 2:, :] - smooth_cols[..., :-2, :]) * 0.125
-    return dx, dy
+    s = p[..., :-1, :] + p[..., 1:, :]
+    down = s[..., :-1, :] + s[..., 1:, :]  # (N,1,H,W+2): [1 2 1] along y
+    s = p[..., :-1] + p[..., 1:]
+    across = s[..., :-1] + s[..., 1:]  # (N,1,H+2,W): [1 2 1] along x
+    return down[..., 2:] - down[..., :-2], across[..., 2:, :] - across[..., :-2, :]
 
 
 def handcrafted_maps(x: torch.Tensor) -> torch.Tensor:
-    """The 10 maps of ``model.HandcraftedBlock`` for (B,1,H,W), by separable filtering."""
-    dx, dy = _sobel(x)
-    dxx, dxy = _sobel(dx)
-    dyy = _sobel(dy)[1]
+    """The 10 maps of ``model.HandcraftedBlock`` for (B,1,H,W), each times its ``MAP_SCALES`` entry,
+    by separable filtering: (B,10,H,W)."""
+    dx, dy = _sobel8(x)
+    dxx, dxy = _sobel8(dx)
+    dyy = _sobel8(dy)[1]
     return torch.cat([dx, dy, dx * dx, dy * dy, dx * dy, dxy, dxy * dxy, dxx, dyy, dxx * dyy], 1)
 
 
@@ -62,6 +73,14 @@ def pyrdown(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(b * (1.0 / 256.0), size=size, mode="bilinear", align_corners=False)
 
 
+def _fused_conv_relu_applies(x: torch.Tensor) -> bool:
+    """Whether oneDNN can apply the ReLU inside the convolution (saves a pass over its output):
+    float32 on a CPU with oneDNN, outside tracing (ONNX export sees plain conv + ReLU)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+
+
 class FastKeyNet(nn.Module):
     """Inference-only copy of a ``KeyNet`` (its weights at construction time). (B,1,H,W) -> (B,1,H,W)."""
 
@@ -75,6 +94,8 @@ class FastKeyNet(nn.Module):
         blocks = list(net.feature_extractor.lb_block.children())
         for i, block in enumerate(blocks):
             w, b = _fold_batchnorm(block[0], block[1])
+            if i == 0:
+                w = w / torch.tensor(MAP_SCALES)[None, :, None, None]
             self.register_buffer(f"w{i}", w.contiguous(memory_format=torch.channels_last))
             self.register_buffer(f"b{i}", b)
         self.num_blocks = len(blocks)
@@ -86,23 +107,39 @@ class FastKeyNet(nn.Module):
         self.register_buffer("last_weight", per_level.clone())
         self.register_buffer("last_bias", last.bias.detach().clone())
 
+    def _conv_relu(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        w, b = getattr(self, f"w{i}"), getattr(self, f"b{i}")
+        if _fused_conv_relu_applies(x):
+            p = [self.padding] * 2
+            return torch.ops.mkldnn._convolution_pointwise(x, w, b, p, [1, 1], [1, 1], 1, "relu", [], "")
+        return F.conv2d(x, w, b, padding=self.padding).relu_()
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        f = handcrafted_maps(x).contiguous(memory_format=torch.channels_last)
+        # The maps stay channels-first: oneDNN reorders them for the convolution faster than a
+        # separate channels-last copy would.
+        f = handcrafted_maps(x)
         for i in range(self.num_blocks):
-            f = F.conv2d(f, getattr(self, f"w{i}"), getattr(self, f"b{i}"), padding=self.padding).relu_()
+            f = self._conv_relu(f, i)
         return f
 
+    def _level_term(self, x: torch.Tensor, level: int, size: tuple[int, int]) -> torch.Tensor:
+        """Level ``level``'s share of the final convolution, at the output ``size``: (B,1,H,W)."""
+        f = self.features(x)
+        if level > 0:
+            f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+        per_channel = F.conv2d(f, self.last_weight[level], padding=self.last_padding, groups=f.shape[1])
+        return per_channel.sum(1, keepdim=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        out = None
-        for level in range(self.num_levels):
-            if level > 0:
-                x = pyrdown(x, (downsampled_side(x.shape[-2], self.pyramid_factor),
-                                downsampled_side(x.shape[-1], self.pyramid_factor)))
-            f = self.features(x)
-            if level > 0:
-                f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
-            per_channel = F.conv2d(f, self.last_weight[level], padding=self.last_padding, groups=f.shape[1])
-            term = per_channel.sum(1, keepdim=True)
-            out = term if out is None else out.add_(term)
+        size = (x.shape[-2], x.shape[-1])
+        inputs = [x]
+        for _ in range(1, self.num_levels):
+            x = pyrdown(x, (downsampled_side(x.shape[-2], self.pyramid_factor),
+                            downsampled_side(x.shape[-1], self.pyramid_factor)))
+            inputs.append(x)
+        # The levels are independent until the final sum, which adds them in level order.
+        terms = run_tasks([partial(self._level_term, xl, level, size) for level, xl in enumerate(inputs)])
+        out = terms[0]
+        for term in terms[1:]:
+            out = out.add_(term)
         return out.add_(self.last_bias.view(1, 1, 1, 1)).relu_().contiguous()

@@ -1,0 +1,75 @@
+import threading
+
+import pytest
+import torch
+
+from keynet import KeyNetDetector
+from keynet.parallel import run_tasks
+
+from .conftest import read_gray
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_results_come_back_in_task_order_from_worker_threads(two_threads):
+    def task(i):
+        return i, threading.current_thread().name, torch.get_num_threads()
+
+    out = run_tasks([lambda i=i: task(i) for i in range(5)])
+    assert [r[0] for r in out] == list(range(5))
+    assert all(name.startswith("keynet") for _, name, _ in out)
+    assert all(threads == 1 for _, _, threads in out)  # one intra-op thread per task
+    assert torch.get_num_threads() == 2  # the caller's setting is given back
+
+
+def test_single_thread_runs_in_the_caller():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = run_tasks([lambda: threading.current_thread().name] * 2)
+    finally:
+        torch.set_num_threads(before)
+    assert out == [threading.current_thread().name] * 2
+
+
+def test_nested_tasks_run_sequentially_and_modes_follow_the_caller(two_threads):
+    def inner():
+        return run_tasks([lambda: threading.current_thread().name] * 2)
+
+    with torch.inference_mode():
+        nested = run_tasks([inner, inner])
+        modes = run_tasks([torch.is_inference_mode_enabled] * 2)
+    assert all(a == b for a, b in nested)  # each inner pair ran in its worker thread
+    assert modes == [True, True]
+    with torch.no_grad():
+        assert run_tasks([torch.is_grad_enabled] * 2) == [False, False]
+
+
+def test_a_failing_task_raises_and_the_thread_count_is_restored(two_threads):
+    def boom():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_tasks([lambda: torch.zeros(1), boom, lambda: torch.zeros(1)])
+    assert torch.get_num_threads() == 2
+
+
+def test_detection_is_the_same_on_one_and_two_threads(data_dir, reference_weights):
+    image = read_gray(data_dir / "oxford_affine/graf/img1.png")
+    det = KeyNetDetector(weights=reference_weights, num_keypoints=1000)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(det.detect(image)[0])
+    finally:
+        torch.set_num_threads(before)
+    for key in ("keypoints", "scales", "scores"):
+        assert torch.equal(results[0][key], results[1][key]), key

@@ -12,9 +12,13 @@ that load from elsewhere on the machine affects all of them alike.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import platform
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -71,6 +75,16 @@ def matmul_gflops(repeats: int) -> float:
     return 2 * 2048**3 / statistics.median(times) / 1e9
 
 
+@functools.cache
+def onnx_file() -> Path | None:
+    """The reference weights exported to ONNX once per process, or None without onnxruntime."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    from keynet.export import export_onnx
+
+    return export_onnx(load_model(reference_weights_path()), Path(tempfile.mkdtemp()) / "keynet.onnx")
+
+
 def build_methods(image: np.ndarray) -> dict[str, Callable[[], object]]:
     """Name -> a callable running one detection (or response map) on ``image``."""
     import kornia.feature as KF
@@ -98,6 +112,15 @@ def build_methods(image: np.ndarray) -> dict[str, Callable[[], object]]:
         "keynet detect fast (up_levels=0)": lambda: fast.detect(x),
         "OpenCV SIFT detect": lambda: sift.detect(u8, None),
     }
+    onnx = onnx_file()
+    if onnx is not None:
+        from keynet.export import OnnxResponse
+
+        ort_net = OnnxResponse(onnx)  # onnxruntime's own threads, as many as torch's
+        # in detection the pyramid levels already run on torch's threads: one onnxruntime thread each
+        ort_det = KeyNetDetector(network=OnnxResponse(onnx, num_threads=1), num_keypoints=NUM_KEYPOINTS)
+        methods["onnxruntime response"] = lambda: ort_net(x)
+        methods["keynet detect, onnxruntime network"] = lambda: ort_det.detect(x)
     tiny = shipped_weights_path("tiny")
     if tiny.is_file():
         tiny_det = KeyNetDetector(model="tiny", num_keypoints=NUM_KEYPOINTS)
@@ -159,16 +182,22 @@ def main() -> None:
         med = time_methods(methods, args.repeats)
         print(f"## {size}  (median of {args.repeats}, seconds; ratio = anchor time / method time)")
         anchors = {"keynet response": "kornia KeyNet response",
+                   "onnxruntime response": "kornia KeyNet response",
+                   "keynet detect, onnxruntime network": "kornia KeyNetDetector",
                    "keynet detect compat=kornia": "kornia KeyNetDetector",
                    "keynet detect": "kornia KeyNetDetector",
                    "keynet detect fast (up_levels=0)": "kornia KeyNetDetector",
                    "keynet tiny detect": "OpenCV SIFT detect"}
         det = KeyNetDetector(weights=reference_weights_path())
+        fast = KeyNetDetector(weights=reference_weights_path(), up_levels=0)
         flops = {"keynet response": network_flops(conf, h, w),
+                 "onnxruntime response": network_flops(conf, h, w),
                  "keynet detect compat=kornia": detector_flops(det, conf, h, w),
-                 "keynet detect": detector_flops(det, conf, h, w)}
+                 "keynet detect": detector_flops(det, conf, h, w),
+                 "keynet detect fast (up_levels=0)": detector_flops(fast, conf, h, w),
+                 "keynet detect, onnxruntime network": detector_flops(det, conf, h, w)}
         for name, t in med.items():
-            line = f"  {name:34s} {t:8.4f}"
+            line = f"  {name:36s} {t:8.4f}"
             if name in anchors:
                 line += f"   {med[anchors[name]] / t:5.2f}x vs {anchors[name]}"
             if name in flops:

@@ -107,7 +107,7 @@ class KeyNetDetector(nn.Module):
         "score_threshold": 0.0,  # keep responses strictly above it
         "scale_mult": 22.0,  # keypoint radius at full resolution, pixels
         "compat": None,  # None, or "kornia" for kornia's level-to-image mapping
-        "band_pixels": 2**22,  # larger levels run the network in overlapping row bands (memory)
+        "band_pixels": 2**22,  # larger levels run the network in row bands (memory)
     }
     # Rows of context above and below a band: more than the network's receptive-field radius
     # (about 20 px: the Sobel pair, three 5x5 convs at 1/1.44 resolution, two blurs, the last conv).
@@ -280,10 +280,13 @@ class KeyNetDetector(nn.Module):
     def _response(self, level: torch.Tensor) -> torch.Tensor:
         """The network's response to ``level``, in row bands when the level is large.
 
-        A band sees ``band_margin`` rows of context on each side, so only the in-network pyramid's
-        resampling grid differs from the whole-image computation (by well under a pixel), which
-        changes scores slightly; levels up to ``band_pixels`` are computed whole and exactly.
+        Key.Net's own network (``FastKeyNet``) bands exactly: the response equals the whole-level
+        one. Another ``network`` gets bands with ``band_margin`` rows of context on each side; then
+        a network that resamples internally (an exported Key.Net) sees each band's own resampling
+        grid, which changes scores slightly. Levels up to ``band_pixels`` are computed whole.
         """
+        if isinstance(self.net, FastKeyNet):
+            return self.net(level, band_pixels=self.conf["band_pixels"])
         return self._in_bands(self.net, level, self.band_margin)
 
     def _maxima(self, score: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,23 @@ def pyrdown(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(b * (1.0 / 256.0), size=size, mode="bilinear", align_corners=False)
 
 
+# A convolution with fewer output channels than this many kernel rows is rewritten (``_row_split``).
+_ROW_SPLIT_CHANNELS = 8
+
+
+def _row_split(w: torch.Tensor) -> torch.Tensor:
+    """(O, C, k, k) -> (8, C, 1, k): row r of output o's kernel as output channel o*k + r (zeros after).
+
+    oneDNN runs a convolution with one output channel (Tiny-Key.Net's) at a few GFLOP/s, because one
+    channel fills no vector register. Its k row-convolutions as 8 channels of one 1 x k convolution,
+    followed by a sum of k row-shifted slices, are 2-3x faster (measured here) and give the same sum.
+    """
+    o, c, k, _ = w.shape
+    rows = torch.zeros(_ROW_SPLIT_CHANNELS, c, 1, k, dtype=w.dtype)
+    rows[: o * k] = w.permute(0, 2, 1, 3).reshape(o * k, c, 1, k)
+    return rows
+
+
 def _fused_conv_relu_applies(x: torch.Tensor) -> bool:
     """Whether oneDNN can apply the ReLU inside the convolution (saves a pass over its output):
     float32 on a CPU with oneDNN, outside tracing (ONNX export sees plain conv + ReLU)."""
@@ -92,13 +109,20 @@ class FastKeyNet(nn.Module):
         self.min_input_size = net.min_input_size
         self.padding = c["kernel_size"] // 2
         blocks = list(net.feature_extractor.lb_block.children())
+        self.row_split: list[bool] = []
         for i, block in enumerate(blocks):
             w, b = _fold_batchnorm(block[0], block[1])
             if i == 0:
                 w = w / torch.tensor(MAP_SCALES)[None, :, None, None]
+            self.row_split.append(w.shape[0] * w.shape[2] <= _ROW_SPLIT_CHANNELS)
+            if self.row_split[-1]:
+                w = _row_split(w)
             self.register_buffer(f"w{i}", w.contiguous(memory_format=torch.channels_last))
             self.register_buffer(f"b{i}", b)
         self.num_blocks = len(blocks)
+        self.kernel_size = c["kernel_size"]
+        # Rows of context a feature row depends on: 2 for the second derivatives, then each block's conv.
+        self.feature_halo = 2 + self.num_blocks * self.padding
         last = net.last_conv[0]
         nf = c["num_filters"]
         self.last_padding = last.kernel_size[0] // 2
@@ -109,6 +133,17 @@ class FastKeyNet(nn.Module):
 
     def _conv_relu(self, x: torch.Tensor, i: int) -> torch.Tensor:
         w, b = getattr(self, f"w{i}"), getattr(self, f"b{i}")
+        if self.row_split[i]:  # see _row_split: sum the kernel rows' partial results
+            k, h = self.kernel_size, x.shape[-2]
+            rows = F.conv2d(x, w, padding=self.padding)  # (B, >= O*k, H + k - 1, W)
+            outs = []
+            for o in range(b.shape[0]):
+                acc = rows[:, o * k : o * k + 1, 0:h]
+                for r in range(1, k):
+                    acc = acc + rows[:, o * k + r : o * k + r + 1, r : r + h]
+                outs.append(acc)
+            out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+            return out.add_(b.view(1, -1, 1, 1)).relu_()
         if _fused_conv_relu_applies(x):
             p = [self.padding] * 2
             return torch.ops.mkldnn._convolution_pointwise(x, w, b, p, [1, 1], [1, 1], 1, "relu", [], "")
@@ -122,24 +157,91 @@ class FastKeyNet(nn.Module):
             f = self._conv_relu(f, i)
         return f
 
-    def _level_term(self, x: torch.Tensor, level: int, size: tuple[int, int]) -> torch.Tensor:
-        """Level ``level``'s share of the final convolution, at the output ``size``: (B,1,H,W)."""
-        f = self.features(x)
-        if level > 0:
-            f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+    def _features_around(self, x: torch.Tensor, s0: int, s1: int) -> tuple[torch.Tensor, int]:
+        """Features of rows [f0, f1) of ``x``, exact on rows [s0, s1) (the ones near an inner edge
+        of the slice are not), and f0."""
+        f0, f1 = max(0, s0 - self.feature_halo), min(x.shape[-2], s1 + self.feature_halo)
+        return self.features(x[..., f0:f1, :]), f0
+
+    def _final_term(self, f: torch.Tensor, level: int) -> torch.Tensor:
+        """Level ``level``'s share of the final convolution, (B,1,h,w), from its (upsampled) features."""
         per_channel = F.conv2d(f, self.last_weight[level], padding=self.last_padding, groups=f.shape[1])
         return per_channel.sum(1, keepdim=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = (x.shape[-2], x.shape[-1])
-        inputs = [x]
+    def _band(self, pyramid: list[torch.Tensor], r0: int, r1: int) -> torch.Tensor:
+        """Rows [r0, r1) of the response before bias and ReLU, the same as from the whole image."""
+        h, w = pyramid[0].shape[-2:]
+        a, z = max(0, r0 - self.last_padding), min(h, r1 + self.last_padding)  # rows the last conv reads
+        f, f0 = self._features_around(pyramid[0], a, z)
+        out = self._final_term(f, 0)[..., r0 - f0 : r1 - f0, :]
+        for level in range(1, self.num_levels):
+            i0, i1, weight = _source_rows(a, z, pyramid[level].shape[-2], h)
+            f, f0 = self._features_around(pyramid[level], int(i0[0]), int(i1[-1]) + 1)
+            up = _resize_rows(f, i0 - f0, i1 - f0, weight, w)
+            out = out + self._final_term(up, level)[..., r0 - a : r1 - a, :]
+        return out
+
+    def _whole(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
+        """The response before bias and ReLU in one piece with ``F.interpolate``: the traceable form
+        that ONNX export records (H and W stay symbolic)."""
+        size = (pyramid[0].shape[-2], pyramid[0].shape[-1])
+        out = self._final_term(self.features(pyramid[0]), 0)
+        for level in range(1, self.num_levels):
+            f = F.interpolate(self.features(pyramid[level]), size=size, mode="bilinear", align_corners=False)
+            out = out + self._final_term(f, level)
+        return out
+
+    def forward(self, x: torch.Tensor, band_pixels: int | None = None) -> torch.Tensor:
+        """The response (B,1,H,W) of images (B,1,H,W).
+
+        Args:
+            band_pixels: compute in row bands of at most this many pixels (bounds memory). The image
+                is also cut into as many bands as torch has threads, which run in parallel. Bands
+                give the same response as the whole image: each computes its features with the rows
+                of context they depend on, and resamples the in-network levels on the whole image's
+                grid.
+        """
+        pyramid = [x]
         for _ in range(1, self.num_levels):
-            x = pyrdown(x, (downsampled_side(x.shape[-2], self.pyramid_factor),
-                            downsampled_side(x.shape[-1], self.pyramid_factor)))
-            inputs.append(x)
-        # The levels are independent until the final sum, which adds them in level order.
-        terms = run_tasks([partial(self._level_term, xl, level, size) for level, xl in enumerate(inputs)])
-        out = terms[0]
-        for term in terms[1:]:
-            out = out.add_(term)
+            p = pyramid[-1]
+            pyramid.append(pyrdown(p, (downsampled_side(p.shape[-2], self.pyramid_factor),
+                                       downsampled_side(p.shape[-1], self.pyramid_factor))))
+        if torch.jit.is_tracing():
+            out = self._whole(pyramid)
+        else:
+            bands = _row_bands(*x.shape[-2:], band_pixels, torch.get_num_threads())
+            parts = run_tasks([partial(self._band, pyramid, r0, r1) for r0, r1 in bands])
+            out = parts[0] if len(parts) == 1 else torch.cat(parts, 2)
         return out.add_(self.last_bias.view(1, 1, 1, 1)).relu_().contiguous()
+
+
+# Bands made for the threads are at least this many rows: each band recomputes about
+# 2 * (feature_halo + 2) rows of context, which should stay a small part of its work.
+_MIN_BAND_ROWS = 96
+
+
+def _row_bands(h: int, w: int, band_pixels: int | None, parts: int) -> list[tuple[int, int]]:
+    """Row ranges [r0, r1) covering ``h`` rows: at most ``band_pixels`` pixels each (never fewer than
+    16 rows), and at least ``parts`` bands where that leaves each ``_MIN_BAND_ROWS`` rows."""
+    rows = h if not band_pixels else max(16, band_pixels // max(w, 1))
+    if parts > 1 and h >= parts * _MIN_BAND_ROWS:
+        rows = min(rows, -(-h // parts))
+    return [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
+
+
+def _source_rows(a: int, z: int, src_h: int, dst_h: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For rows [a, z) of a bilinear resize (align_corners=False) from ``src_h`` to ``dst_h`` rows: the
+    two source rows of each and the weight of the second, computed in float32 as ATen does."""
+    scale = torch.tensor(src_h, dtype=torch.float32) / dst_h
+    src = ((torch.arange(a, z, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0)
+    i0 = src.long()
+    return i0, (i0 + 1).clamp_(max=src_h - 1), src - i0
+
+
+def _resize_rows(f: torch.Tensor, i0: torch.Tensor, i1: torch.Tensor, weight: torch.Tensor, w: int) -> torch.Tensor:
+    """Bilinear resize of (B,C,h,wf) ``f`` to len(i0) rows (given by ``_source_rows``) and ``w`` columns."""
+    rows_last = f.permute(0, 2, 3, 1)  # channels-last memory as a contiguous (B,h,wf,C) view
+    v = torch.lerp(rows_last.index_select(1, i0), rows_last.index_select(1, i1), weight.view(1, -1, 1, 1))
+    v = v.permute(0, 3, 1, 2)
+    # rows already at their size: F.interpolate's row weights are exactly 1 and 0
+    return F.interpolate(v, size=(v.shape[-2], w), mode="bilinear", align_corners=False)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from keynet.inference import MAP_SCALES, FastKeyNet, downsampled_side, handcrafted_maps, pyrdown as fast_pyrdown
+from keynet.inference import MAP_SCALES, FastKeyNet, _row_bands, downsampled_side, handcrafted_maps, pyrdown as fast_pyrdown
 from keynet.model import HandcraftedBlock, build_model, pyrdown
 from keynet.weights import load_model
 
@@ -52,3 +52,32 @@ def test_fast_network_on_a_real_image(data_dir, reference_weights):
     with torch.no_grad():
         a, b = net(x), FastKeyNet(net)(x)
     assert (a - b).abs().max() <= 1e-5 * a.max()
+
+
+@pytest.mark.parametrize("name", ["keynet", "tiny"])
+def test_row_bands_give_the_whole_image_response(name):
+    """Bands of any height, including ones that cut through the in-network levels' resampling
+    cells, give the whole image's response up to float rounding."""
+    torch.manual_seed(1)
+    net = randomise_batchnorm(build_model(name))
+    fast = FastKeyNet(net)
+    x = torch.rand(1, 1, 151, 90)
+    with torch.no_grad():
+        whole, plain = fast(x), net(x)
+        for rows in (17, 40, 75):
+            banded = fast(x, band_pixels=rows * 90)
+            assert (banded - whole).abs().max() <= 1e-6 * whole.abs().max(), rows
+    assert (whole - plain).abs().max() <= 1e-5 * plain.abs().max()
+    traced = torch.jit.trace(fast, x)  # the F.interpolate form that ONNX export records
+    assert (traced(x) - whole).abs().max() <= 1e-5 * whole.abs().max()
+
+
+def test_row_bands_cover_the_rows_once():
+    for h, w, pixels, parts in [(600, 600, None, 1), (600, 600, None, 2), (601, 50, 1000, 2), (100, 10, None, 4)]:
+        bands = _row_bands(h, w, pixels, parts)
+        assert bands[0][0] == 0 and bands[-1][1] == h
+        assert all(a1 == b0 for (_, a1), (b0, _) in zip(bands, bands[1:]))
+        if pixels:
+            assert all((r1 - r0) * w <= max(pixels, 16 * w) for r0, r1 in bands)
+    assert len(_row_bands(600, 600, None, 2)) == 2  # one band per thread
+    assert len(_row_bands(100, 10, None, 4)) == 1  # too few rows to be worth splitting

@@ -107,7 +107,7 @@ class KeyNetDetector(nn.Module):
         "score_threshold": 0.0,  # keep responses strictly above it
         "scale_mult": 22.0,  # keypoint radius at full resolution, pixels
         "compat": None,  # None, or "kornia" for kornia's level-to-image mapping
-        "band_pixels": 2**22,  # larger levels run the network in row bands (memory)
+        "band_pixels": 2**22,  # larger levels run the network and the suppression in row bands (memory)
     }
     # Rows of context above and below a band: more than the network's receptive-field radius
     # (about 20 px: the Sobel pair, three 5x5 convs at 1/1.44 resolution, two blurs, the last conv).

@@ -61,10 +61,10 @@ def test_row_bands_give_the_whole_image_response(name):
     torch.manual_seed(1)
     net = randomise_batchnorm(build_model(name))
     fast = FastKeyNet(net)
-    x = torch.rand(1, 1, 151, 90)
+    x = torch.rand(1, 1, 301, 90)
     with torch.no_grad():
-        whole, plain = fast(x), net(x)
-        for rows in (17, 40, 75):
+        whole, plain = fast(x, band_pixels=10**9), net(x)
+        for rows in (64, 100, 150):
             banded = fast(x, band_pixels=rows * 90)
             assert (banded - whole).abs().max() <= 1e-6 * whole.abs().max(), rows
     assert (whole - plain).abs().max() <= 1e-5 * plain.abs().max()
@@ -73,11 +73,14 @@ def test_row_bands_give_the_whole_image_response(name):
 
 
 def test_row_bands_cover_the_rows_once():
-    for h, w, pixels, parts in [(600, 600, None, 1), (600, 600, None, 2), (601, 50, 1000, 2), (100, 10, None, 4)]:
+    for h, w, pixels, parts in [(600, 600, None, 1), (600, 600, None, 2), (601, 50, 1000, 2), (100, 10, None, 4),
+                                (5000, 4000, 2**22, 1)]:
         bands = _row_bands(h, w, pixels, parts)
         assert bands[0][0] == 0 and bands[-1][1] == h
         assert all(a1 == b0 for (_, a1), (b0, _) in zip(bands, bands[1:]))
-        if pixels:
-            assert all((r1 - r0) * w <= max(pixels, 16 * w) for r0, r1 in bands)
-    assert len(_row_bands(600, 600, None, 2)) == 2  # one band per thread
+        limit = min(pixels or 2**18, 2**18)
+        assert all(r1 - r0 <= max(64, limit // w) for r0, r1 in bands)
+    assert len(_row_bands(500, 500, None, 1)) == 1  # fits the cache limit
+    assert len(_row_bands(500, 500, None, 2)) == 2  # one band per thread
     assert len(_row_bands(100, 10, None, 4)) == 1  # too few rows to be worth splitting
+    assert len(_row_bands(64 * 3, 10**5, None, 1)) == 3  # very wide: bands keep 64 rows

@@ -5,7 +5,8 @@
 Prints medians (wall-clock seconds), the ratio of each method to its anchor (kornia for Key.Net,
 OpenCV SIFT for Tiny-Key.Net), keypoint agreement with kornia, the network's achieved GFLOP/s as a
 fraction of torch's fp32 matmul GFLOP/s measured in the same run and, with --memory, the peak
-memory of one detection (each in a fresh process). Methods are interleaved within each repeat so
+memory of one detection (each in a fresh process). With onnxruntime installed it also times the
+exported network run by onnxruntime, alone and inside detection. Methods are interleaved within each repeat so
 that load from elsewhere on the machine affects all of them alike.
 """
 
@@ -18,6 +19,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -82,7 +84,9 @@ def onnx_file() -> Path | None:
         return None
     from keynet.export import export_onnx
 
-    return export_onnx(load_model(reference_weights_path()), Path(tempfile.mkdtemp()) / "keynet.onnx")
+    with warnings.catch_warnings():  # the exporter's notes on constant folding and traced shapes
+        warnings.simplefilter("ignore")
+        return export_onnx(load_model(reference_weights_path()), Path(tempfile.mkdtemp()) / "keynet.onnx")
 
 
 def build_methods(image: np.ndarray) -> dict[str, Callable[[], object]]:

@@ -8,6 +8,13 @@ What changes, and why it is exact in real arithmetic:
   register); the depthwise form is about 4x faster here and needs no 24-channel concat.
 - The fixed filters (Sobel derivatives, the pyramid's binomial blur) are separable: they run as a few
   shifted adds instead of single-channel convolutions, which oneDNN also runs slowly.
+- ReLU runs inside oneDNN's convolution (a post-op) instead of as a pass of its own.
+- A convolution with a single output channel (Tiny-Key.Net's blocks) runs as one 1 x k convolution
+  with k output channels, one per kernel row, followed by a sum of row-shifted slices.
+- The image is processed in row bands, each with the rows of context its result depends on, and the
+  in-network levels are resampled on the whole image's grid, so a band's rows equal the whole
+  image's. Bands keep the working set in the caches, bound memory on large images, and run in
+  parallel on torch's threads (``keynet.parallel``).
 """
 
 from __future__ import annotations

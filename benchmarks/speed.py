@@ -13,7 +13,6 @@ that load from elsewhere on the machine affects all of them alike.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import platform
 import statistics
@@ -77,19 +76,23 @@ def matmul_gflops(repeats: int) -> float:
     return 2 * 2048**3 / statistics.median(times) / 1e9
 
 
-@functools.cache
-def onnx_file() -> Path | None:
-    """The reference weights exported to ONNX once per process, or None without onnxruntime."""
+def export_onnx_files() -> Path | None:
+    """A folder with the reference weights exported to ONNX (response network and detection up to
+    top-k), or None without onnxruntime."""
     if importlib.util.find_spec("onnxruntime") is None:
         return None
-    from keynet.export import export_onnx
+    from keynet.export import export_detector_onnx, export_onnx
 
+    folder = Path(tempfile.mkdtemp())
     with warnings.catch_warnings():  # the exporter's notes on constant folding and traced shapes
         warnings.simplefilter("ignore")
-        return export_onnx(load_model(reference_weights_path()), Path(tempfile.mkdtemp()) / "keynet.onnx")
+        export_onnx(load_model(reference_weights_path()), folder / "keynet.onnx")
+        det = KeyNetDetector(weights=reference_weights_path(), num_keypoints=NUM_KEYPOINTS)
+        export_detector_onnx(det, folder / "keynet_detector.onnx")
+    return folder
 
 
-def build_methods(image: np.ndarray) -> dict[str, Callable[[], object]]:
+def build_methods(image: np.ndarray, onnx_dir: Path | None) -> dict[str, Callable[[], object]]:
     """Name -> a callable running one detection (or response map) on ``image``."""
     import kornia.feature as KF
 
@@ -116,15 +119,17 @@ def build_methods(image: np.ndarray) -> dict[str, Callable[[], object]]:
         "keynet detect fast (up_levels=0)": lambda: fast.detect(x),
         "OpenCV SIFT detect": lambda: sift.detect(u8, None),
     }
-    onnx = onnx_file()
-    if onnx is not None:
-        from keynet.export import OnnxResponse
+    if onnx_dir is not None:
+        from keynet.export import OnnxDetector, OnnxResponse
 
-        ort_net = OnnxResponse(onnx)  # onnxruntime's own threads, as many as torch's
+        ort_net = OnnxResponse(onnx_dir / "keynet.onnx")  # onnxruntime's own threads, as many as torch's
         # in detection the pyramid levels already run on torch's threads: one onnxruntime thread each
-        ort_det = KeyNetDetector(network=OnnxResponse(onnx, num_threads=1), num_keypoints=NUM_KEYPOINTS)
+        ort_det = KeyNetDetector(network=OnnxResponse(onnx_dir / "keynet.onnx", num_threads=1),
+                                 num_keypoints=NUM_KEYPOINTS)
+        ort_graph = OnnxDetector(onnx_dir / "keynet_detector.onnx")
         methods["onnxruntime response"] = lambda: ort_net(x)
         methods["keynet detect, onnxruntime network"] = lambda: ort_det.detect(x)
+        methods["onnxruntime detection graph"] = lambda: ort_graph.detect(x)
     tiny = shipped_weights_path("tiny")
     if tiny.is_file():
         tiny_det = KeyNetDetector(model="tiny", num_keypoints=NUM_KEYPOINTS)
@@ -162,9 +167,9 @@ def keypoint_agreement(image: np.ndarray) -> float:
     return ((a[:, None] - b[None]).abs().amax(-1).min(1).values < 1e-3).double().mean().item()
 
 
-def _peak_of(name: str, size: str, threads: int) -> float:
+def _peak_of(name: str, size: str, threads: int, onnx_dir: Path | None) -> float:
     torch.set_num_threads(threads)
-    fn = build_methods(test_images()[size])[name]
+    fn = build_methods(test_images()[size], onnx_dir)[name]
     with torch.inference_mode():
         return measure_peak(fn)[1]
 
@@ -180,14 +185,16 @@ def main() -> None:
     mm = matmul_gflops(args.repeats)
     print(f"torch fp32 matmul (2048^2): {mm:.1f} GFLOP/s\n")
     conf = KeyNet().conf
+    onnx_dir = export_onnx_files()
     for size, image in test_images().items():
         h, w = image.shape
-        methods = build_methods(image)
+        methods = build_methods(image, onnx_dir)
         med = time_methods(methods, args.repeats)
         print(f"## {size}  (median of {args.repeats}, seconds; ratio = anchor time / method time)")
         anchors = {"keynet response": "kornia KeyNet response",
                    "onnxruntime response": "kornia KeyNet response",
                    "keynet detect, onnxruntime network": "kornia KeyNetDetector",
+                   "onnxruntime detection graph": "kornia KeyNetDetector",
                    "keynet detect compat=kornia": "kornia KeyNetDetector",
                    "keynet detect": "kornia KeyNetDetector",
                    "keynet detect fast (up_levels=0)": "kornia KeyNetDetector",
@@ -199,7 +206,8 @@ def main() -> None:
                  "keynet detect compat=kornia": detector_flops(det, conf, h, w),
                  "keynet detect": detector_flops(det, conf, h, w),
                  "keynet detect fast (up_levels=0)": detector_flops(fast, conf, h, w),
-                 "keynet detect, onnxruntime network": detector_flops(det, conf, h, w)}
+                 "keynet detect, onnxruntime network": detector_flops(det, conf, h, w),
+                 "onnxruntime detection graph": detector_flops(det, conf, h, w)}
         for name, t in med.items():
             line = f"  {name:36s} {t:8.4f}"
             if name in anchors:
@@ -208,7 +216,7 @@ def main() -> None:
                 g = flops[name] / t / 1e9
                 line += f"   {g:6.1f} GFLOP/s = {g / mm:4.0%} of matmul"
             if args.memory:
-                line += f"   peak {in_fresh_process(_peak_of, name, size, args.threads):7.1f} MB"
+                line += f"   peak {in_fresh_process(_peak_of, name, size, args.threads, onnx_dir):7.1f} MB"
             print(line, flush=True)
         print(f"  network GFLOP per detection: {flops['keynet detect'] / 1e9:.1f}")
         print(f"  compat=kornia keypoints identical to kornia's: {keypoint_agreement(image):.2%}\n")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .io.image import ImageError, load_image, to_float_gray
-from .inference import FastKeyNet, pyrdown
+from .inference import FastKeyNet, downsampled_side, pyrdown, upsampled_side
 from .model import KeyNet
 from .parallel import run_tasks
 from .weights import load_model
@@ -193,14 +193,14 @@ class KeyNetDetector(nn.Module):
         up = image
         for i in range(c["up_levels"]):
             f = c["scale_factor"] ** (1 + i)
-            nh, nw = int(h * f), int(w * f)
+            nh, nw = upsampled_side(h, f), upsampled_side(w, f)
             up = F.interpolate(up, size=(nh, nw), mode="bilinear", align_corners=False)
             levels.append((up, w / nw, h / nh))
         cur = image
         for i in range(c["pyramid_levels"] + 1):
             if i > 0:
                 ch, cw = cur.shape[-2:]
-                cur = pyrdown(cur, (int(ch / c["scale_factor"]), int(cw / c["scale_factor"])))
+                cur = pyrdown(cur, (downsampled_side(ch, c["scale_factor"]), downsampled_side(cw, c["scale_factor"])))
             nh, nw = cur.shape[-2:]
             if min(nh, nw) < self.min_image_size:
                 break

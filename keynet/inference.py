@@ -64,11 +64,23 @@ def handcrafted_maps(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([dx, dy, dx * dx, dy * dy, dx * dy, dxy, dxy * dxy, dxx, dyy, dxx * dyy], 1)
 
 
+def _fraction(factor: float) -> Fraction:
+    # Denominators up to 1e9 reproduce the float rule exactly for sides up to 40,000 px at factors
+    # 1.2 and sqrt(2) (tested); small ones do not for sqrt(2).
+    return Fraction(factor).limit_denominator(10**9)
+
+
 def downsampled_side(side: int, factor: float) -> int:
     """``floor(side / factor)`` in integer arithmetic on the factor as a fraction (1.2 = 6/5), so it
-    stays symbolic when exported to ONNX; equal to ``int(float(side) / factor)`` for 1.2 (tested)."""
-    q = Fraction(factor).limit_denominator(1000)
+    stays symbolic when exported to ONNX; equal to ``int(float(side) / factor)`` (tested)."""
+    q = _fraction(factor)
     return side * q.denominator // q.numerator
+
+
+def upsampled_side(side: int, factor: float) -> int:
+    """``floor(side * factor)``, like ``downsampled_side``; equal to ``int(side * factor)`` (tested)."""
+    q = _fraction(factor)
+    return side * q.numerator // q.denominator
 
 
 def pyrdown(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from keynet import KeyNetDetector
-from keynet.export import OnnxResponse, export_onnx
+from keynet.export import OnnxDetector, OnnxResponse, detector_min_side, export_detector_onnx, export_onnx
 from keynet.weights import load_model
 
 from .conftest import read_gray
@@ -33,3 +33,43 @@ def test_onnx_detector_gives_the_same_keypoints(onnx_path, reference_weights, da
     assert len(ort["keypoints"]) == len(ours["keypoints"]) > 100
     same = np.isclose(ort["keypoints"].numpy(), ours["keypoints"].numpy(), atol=1e-4).all(1)
     assert same.mean() >= 0.99
+
+
+@pytest.fixture(scope="module")
+def detector_onnx(tmp_path_factory):
+    det = KeyNetDetector(num_keypoints=800)
+    return det, export_detector_onnx(det, tmp_path_factory.mktemp("onnx") / "keynet_detector.onnx")
+
+
+def test_exported_detection_gives_the_detectors_keypoints(detector_onnx, data_dir):
+    det, path = detector_onnx
+    ort_det = OnnxDetector(path)
+    for crop in [(333, 517), (480, 640)]:  # neither is the size the graph was traced at
+        img = read_gray(data_dir / "oxford_affine/bikes/img1.png")[..., : crop[0], : crop[1]]
+        ours, onnx_out = det.detect(img)[0], ort_det.detect(img)[0]
+        assert len(onnx_out["keypoints"]) == len(ours["keypoints"]) == 800
+        a = torch.cat([ours["keypoints"], ours["scales"][:, None]], 1).double()
+        b = torch.cat([onnx_out["keypoints"], onnx_out["scales"][:, None]], 1).double()
+        # the same keypoints; near-equal scores (1e-6 apart) may come in another order
+        assert ((a[:, None] - b[None]).abs().amax(-1).min(1).values < 1e-3).all()
+        torch.testing.assert_close(onnx_out["scores"], ours["scores"], rtol=0, atol=1e-5 * ours["scores"].max().item())
+
+
+def test_exported_detection_pads_and_checks_the_size(detector_onnx):
+    det, path = detector_onnx
+    ort_det = OnnxDetector(path)
+    flat = torch.full((1, 1, 200, 220), 0.5)
+    flat[..., 100, 110] = 1.0  # a single bright pixel: few maxima, the rest of the 800 is padding
+    assert len(ort_det.detect(flat)[0]["keypoints"]) == len(det.detect(flat)[0]["keypoints"]) < 800
+    side = detector_min_side(det)
+    assert len(det._levels(torch.zeros(1, 1, side, side))) == 6
+    assert len(det._levels(torch.zeros(1, 1, side - 1, side - 1))) == 5
+    with pytest.raises(ValueError, match=f"at least {side} px"):
+        ort_det.detect(torch.rand(1, 1, side - 1, 300))
+
+
+def test_only_keynets_own_network_exports_detection(tmp_path):
+    det = KeyNetDetector(network=torch.nn.Identity())
+    with pytest.raises(TypeError, match="Key.Net's own network"):
+        export_detector_onnx(det, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()

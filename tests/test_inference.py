@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from keynet.inference import MAP_SCALES, FastKeyNet, _row_bands, downsampled_side, handcrafted_maps, pyrdown as fast_pyrdown
+from keynet.inference import (
+    MAP_SCALES, FastKeyNet, _row_bands, downsampled_side, handcrafted_maps, pyrdown as fast_pyrdown, upsampled_side,
+)
 from keynet.model import HandcraftedBlock, build_model, pyrdown
 from keynet.weights import load_model
 
@@ -31,8 +33,12 @@ def test_separable_filters_equal_the_convolutions():
         torch.testing.assert_close(fast_pyrdown(x, size), pyrdown(x, factor), atol=1e-6, rtol=1e-5)
 
 
-def test_integer_downsampled_side_equals_the_float_rule():
-    assert all(downsampled_side(side, 1.2) == int(float(side) / 1.2) for side in range(1, 20001))
+def test_integer_resized_sides_equal_the_float_rule():
+    sides = range(1, 40001)
+    for factor in (1.2, 2**0.5):
+        assert all(downsampled_side(side, factor) == int(float(side) / factor) for side in sides)
+    for factor in (2**0.5, 2**0.5 * 2**0.5):
+        assert all(upsampled_side(side, factor) == int(side * factor) for side in sides)
 
 
 @pytest.mark.parametrize("name", ["keynet", "tiny"])

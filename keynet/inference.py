@@ -245,12 +245,16 @@ _MIN_BAND_ROWS = 64
 
 def _row_bands(h: int, w: int, band_pixels: int | None, parts: int) -> list[tuple[int, int]]:
     """Row ranges [r0, r1) covering ``h`` rows: at most ``band_pixels`` (and ``_CACHE_BAND_PIXELS``)
-    pixels each but never fewer than ``_MIN_BAND_ROWS`` rows, and at least ``parts`` bands where
-    that leaves each band ``_MIN_BAND_ROWS`` rows."""
+    pixels each, of equal heights, and ``_MIN_BAND_ROWS`` rows or more unless the pixel limit asks for
+    less; with ``parts`` > 1 a multiple of ``parts`` bands, where the image has ``parts`` times
+    ``_MIN_BAND_ROWS`` rows."""
     limit = _CACHE_BAND_PIXELS if band_pixels is None else min(band_pixels, _CACHE_BAND_PIXELS)
     rows = max(_MIN_BAND_ROWS, limit // max(w, 1))
+    count = -(-h // rows)
     if parts > 1 and h >= parts * _MIN_BAND_ROWS:
-        rows = min(rows, -(-h // parts))
+        # a multiple of `parts` bands of equal height, so that no thread waits for a last band
+        count = -(-count // parts) * parts
+    rows = -(-h // count)  # equal heights
     return [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
 
 

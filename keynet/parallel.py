@@ -10,6 +10,7 @@ computed does not depend on which thread finished first.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Sequence, TypeVar
@@ -18,15 +19,17 @@ import torch
 
 T = TypeVar("T")
 
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
+    # Keyed by process: a forked child inherits the parent's pools without their threads.
+    key = (os.getpid(), workers)
     with _pools_lock:
-        if workers not in _pools:
-            _pools[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keynet")
-        return _pools[workers]
+        if key not in _pools:
+            _pools[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keynet")
+        return _pools[key]
 
 
 def run_tasks(tasks: Sequence[Callable[[], T]]) -> list[T]:

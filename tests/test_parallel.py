@@ -1,3 +1,4 @@
+import multiprocessing
 import threading
 
 import pytest
@@ -73,3 +74,24 @@ def test_detection_is_the_same_on_one_and_two_threads(data_dir, reference_weight
         torch.set_num_threads(before)
     for key in ("keypoints", "scales", "scores"):
         assert torch.equal(results[0][key], results[1][key]), key
+
+
+def _tasks_in_child(queue):
+    torch.set_num_threads(2)  # torch may reset it in a forked child
+    both_running = threading.Barrier(2, timeout=10)  # passes only if the two tasks run at once
+    try:
+        queue.put(run_tasks([both_running.wait] * 2))
+    except threading.BrokenBarrierError:
+        queue.put("tasks ran one after the other")
+
+
+def test_a_forked_child_gets_working_threads(two_threads):
+    run_tasks([lambda: 0, lambda: 0])  # the parent's pool exists before the fork
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_tasks_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+    assert sorted(queue.get(timeout=1)) == [0, 1]

@@ -1,4 +1,4 @@
-"""The ``keynet`` command line: ``keynet detect``, ``keynet train``, ``keynet eval``."""
+"""The ``keynet`` command line: ``keynet detect``, ``keynet train``, ``keynet eval``, ``keynet export``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ _SUBCOMMANDS = {
     "detect": ("keynet.detect_cli", "detect keypoints in images and write one .npz per image"),
     "train": ("keynet.train.cli", "train Key.Net / Tiny-Key.Net on synthetic homography pairs"),
     "eval": ("keynet.eval.cli", "evaluate detectors on HPatches / Oxford with Key.Net's protocol"),
+    "export": ("keynet.export_cli", "write the network, or detection up to top-k, as ONNX"),
 }
 
 

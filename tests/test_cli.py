@@ -4,6 +4,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from keynet import KeyNetDetector
 from keynet.cli import main
@@ -65,3 +66,29 @@ def test_fast_mode_skips_the_upsampled_level(tmp_path, images, reference_weights
     exact, fast = np.load(out / "exact/a.npz"), np.load(out / "fast/a.npz")
     assert exact["scales"].min() < 22 - 1e-3  # the upsampled level's radius, 22 / 1.41
     assert fast["scales"].min() >= 22 - 1e-4
+
+
+def test_export_writes_a_working_onnx_network_and_detector(tmp_path, reference_weights, data_dir):
+    from keynet.export import OnnxDetector, OnnxResponse
+
+    net_path, det_path = tmp_path / "net.onnx", tmp_path / "sub" / "det.onnx"
+    assert main(["export", str(net_path), "--weights", str(reference_weights)]) == 0
+    assert main(["export", str(det_path), "--weights", str(reference_weights), "--detection",
+                 "--num-keypoints", "300"]) == 0
+    img = torch.from_numpy(cv2.imread(str(data_dir / "oxford_affine/boat/img1.png"), cv2.IMREAD_GRAYSCALE)[:240, :320] / 255.0)
+    img = img.float()[None, None]
+    ours = KeyNetDetector(weights=reference_weights, num_keypoints=300).detect(img)[0]
+    with torch.no_grad():
+        response = OnnxResponse(net_path)(img)
+    assert response.shape == img.shape
+    onnx_out = OnnxDetector(det_path).detect(img)[0]
+    assert len(onnx_out["keypoints"]) == len(ours["keypoints"]) == 300
+    torch.testing.assert_close(onnx_out["scores"], ours["scores"], rtol=0, atol=1e-5 * ours["scores"].max().item())
+
+
+def test_export_with_bad_weights_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "w.pth"
+    bad.write_text("nope")
+    assert main(["export", str(tmp_path / "x.onnx"), "--weights", str(bad)]) == 2
+    assert "not a readable PyTorch weights file" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()

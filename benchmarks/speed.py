@@ -25,9 +25,11 @@ from typing import Callable
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from keynet import KeyNetDetector
 from keynet.inference import FastKeyNet
+from keynet.parallel import run_tasks, tasks_disabled
 from keynet.model import KeyNet
 from keynet.paths import reference_weights_path, shared_data_dir
 from keynet.weights import load_model, load_state_dict_file, shipped_weights_path
@@ -92,6 +94,40 @@ def export_onnx_files() -> Path | None:
     return folder
 
 
+def conv_gflops(repeats: int, threads: int) -> dict[str, float]:
+    """GFLOP/s of Key.Net's typical convolution (8 -> 8 channels, 5x5, channels-last, 600x600):
+    one at a time on one thread, one at a time on ``threads`` intra-op threads, and ``threads`` of
+    them at once, one per thread (how keynet.parallel runs them)."""
+    x = torch.rand(1, 8, 600, 600).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    flops = 2 * 8 * 8 * 25 * 600 * 600
+
+    def conv() -> None:
+        F.conv2d(x, w, padding=2)
+
+    def best(fn: Callable[[], object], n: int) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return n * flops / statistics.median(times) / 1e9
+
+    with torch.inference_mode():
+        torch.set_num_threads(1)
+        one = best(conv, 1)
+        torch.set_num_threads(threads)
+        intra = best(conv, 1)
+        side_by_side = best(lambda: run_tasks([conv] * threads), threads)
+    return {"1 thread": one, f"{threads} intra-op threads": intra, f"{threads} at once, 1 thread each": side_by_side}
+
+
+def detect_without_tasks(det: KeyNetDetector, x: torch.Tensor) -> object:
+    with tasks_disabled():
+        return det.detect(x)
+
+
 def build_methods(image: np.ndarray, onnx_dir: Path | None) -> dict[str, Callable[[], object]]:
     """Name -> a callable running one detection (or response map) on ``image``."""
     import kornia.feature as KF
@@ -116,6 +152,7 @@ def build_methods(image: np.ndarray, onnx_dir: Path | None) -> dict[str, Callabl
         "kornia KeyNetDetector": lambda: kornia_det(x),
         "keynet detect compat=kornia": lambda: ours_compat.detect(x),
         "keynet detect": lambda: ours.detect(x),
+        "keynet detect, intra-op threads only": lambda: detect_without_tasks(ours, x),
         "keynet detect fast (up_levels=0)": lambda: fast.detect(x),
         "OpenCV SIFT detect": lambda: sift.detect(u8, None),
     }
@@ -183,7 +220,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
     mm = matmul_gflops(args.repeats)
-    print(f"torch fp32 matmul (2048^2): {mm:.1f} GFLOP/s\n")
+    print(f"torch fp32 matmul (2048^2): {mm:.1f} GFLOP/s")
+    conv = conv_gflops(args.repeats, args.threads)
+    print("conv 8->8 5x5 at 600x600: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in conv.items()) + "\n")
     conf = KeyNet().conf
     onnx_dir = export_onnx_files()
     for size, image in test_images().items():
@@ -197,6 +236,7 @@ def main() -> None:
                    "onnxruntime detection graph": "kornia KeyNetDetector",
                    "keynet detect compat=kornia": "kornia KeyNetDetector",
                    "keynet detect": "kornia KeyNetDetector",
+                   "keynet detect, intra-op threads only": "kornia KeyNetDetector",
                    "keynet detect fast (up_levels=0)": "kornia KeyNetDetector",
                    "keynet tiny detect": "OpenCV SIFT detect"}
         det = KeyNetDetector(weights=reference_weights_path())
@@ -205,6 +245,7 @@ def main() -> None:
                  "onnxruntime response": network_flops(conf, h, w),
                  "keynet detect compat=kornia": detector_flops(det, conf, h, w),
                  "keynet detect": detector_flops(det, conf, h, w),
+                 "keynet detect, intra-op threads only": detector_flops(det, conf, h, w),
                  "keynet detect fast (up_levels=0)": detector_flops(fast, conf, h, w),
                  "keynet detect, onnxruntime network": detector_flops(det, conf, h, w),
                  "onnxruntime detection graph": detector_flops(det, conf, h, w)}

@@ -50,18 +50,23 @@ def export_onnx(net: KeyNet, path: str | Path) -> Path:
     return Path(path)
 
 
+def _session(path: str | Path, num_threads: int | None):
+    """An onnxruntime CPU session on ``num_threads`` threads (default: as many as torch uses)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ImportError("the ONNX path needs onnxruntime: pip install 'keynet[onnx]'") from e
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads or torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxResponse(nn.Module):
     """A response network run by onnxruntime: (B,1,H,W) float tensor -> (B,1,H,W) tensor (CPU)."""
 
     def __init__(self, path: str | Path, num_threads: int | None = None) -> None:
         super().__init__()
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ImportError("the ONNX path needs onnxruntime: pip install 'keynet[onnx]'") from e
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = num_threads or torch.get_num_threads()
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = _session(path, num_threads)
         # the same limit as the network it was exported from (3 pyramid levels at factor 1.2)
         self.min_input_size = KeyNet().min_input_size
 
@@ -144,13 +149,7 @@ class OnnxDetector:
     """
 
     def __init__(self, path: str | Path, num_threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ImportError("the ONNX path needs onnxruntime: pip install 'keynet[onnx]'") from e
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = num_threads or torch.get_num_threads()
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = _session(path, num_threads)
         self.min_side = int(self.session.get_modelmeta().custom_metadata_map["min_side"])
 
     def detect(self, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:

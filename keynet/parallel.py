@@ -1,11 +1,12 @@
 """Independent tensor computations spread over torch's threads, one intra-op thread each.
 
-Key.Net's convolutions have 8 channels: oneDNN splits one such convolution over two threads poorly
-(measured here: 1.1-1.3x the speed of one thread), while two of them run side by side on two threads
-at nearly twice the speed, and the small elementwise operations around them do not parallelise well
-at all. So the pyramid levels, which are independent, run as tasks on ``torch.get_num_threads()``
-worker threads, each with a single intra-op thread. Results are returned in task order, so what is
-computed does not depend on which thread finished first.
+Key.Net's layers are small (8-channel convolutions, single-channel elementwise passes, pads), and
+splitting every one of them over threads pays a synchronisation per operation. The pyramid levels
+and row bands of an image are independent, so they run as tasks on ``torch.get_num_threads()``
+worker threads, each with a single intra-op thread (``benchmarks/speed.py`` times detection both
+ways). Results are returned in task order, so what is computed does not depend on which thread
+finished first. ``tasks_disabled()`` runs everything in the calling thread instead, with torch's
+usual intra-op threading.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Callable, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 
 T = TypeVar("T")
 
+_local = threading.local()  # .disabled: tasks_disabled() is active in this thread
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
@@ -32,6 +35,18 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pools[key]
 
 
+@contextmanager
+def tasks_disabled() -> Iterator[None]:
+    """Within this block (in this thread), ``run_tasks`` runs its tasks one after the other in the
+    calling thread, where torch uses its intra-op threads as usual."""
+    before = getattr(_local, "disabled", False)
+    _local.disabled = True
+    try:
+        yield
+    finally:
+        _local.disabled = before
+
+
 def run_tasks(tasks: Sequence[Callable[[], T]]) -> list[T]:
     """``[task() for task in tasks]``, run concurrently when torch may use more than one thread.
 
@@ -40,7 +55,7 @@ def run_tasks(tasks: Sequence[Callable[[], T]]) -> list[T]:
     those of the caller. While tracing (ONNX export) everything runs in the calling thread.
     """
     threads = torch.get_num_threads()
-    if threads <= 1 or len(tasks) <= 1 or torch.jit.is_tracing():
+    if threads <= 1 or len(tasks) <= 1 or torch.jit.is_tracing() or getattr(_local, "disabled", False):
         return [task() for task in tasks]
     grad = torch.is_grad_enabled()
     inference = torch.is_inference_mode_enabled()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from keynet import KeyNetDetector
-from keynet.parallel import run_tasks
+from keynet.parallel import run_tasks, tasks_disabled
 
 from .conftest import read_gray
 
@@ -39,6 +39,13 @@ def test_single_thread_runs_in_the_caller():
     assert out == [threading.current_thread().name] * 2
 
 
+def test_tasks_can_be_kept_in_the_calling_thread(two_threads):
+    with tasks_disabled():
+        out = run_tasks([lambda: (threading.current_thread().name, torch.get_num_threads())] * 2)
+    assert out == [(threading.current_thread().name, 2)] * 2  # intra-op threads untouched
+    assert run_tasks([lambda: threading.current_thread().name] * 2)[0].startswith("keynet")
+
+
 def test_nested_tasks_run_sequentially_and_modes_follow_the_caller(two_threads):
     def inner():
         return run_tasks([lambda: threading.current_thread().name] * 2)
@@ -70,10 +77,13 @@ def test_detection_is_the_same_on_one_and_two_threads(data_dir, reference_weight
         for threads in (1, 2):
             torch.set_num_threads(threads)
             results.append(det.detect(image)[0])
+        with tasks_disabled():  # two intra-op threads instead of tasks
+            results.append(det.detect(image)[0])
     finally:
         torch.set_num_threads(before)
     for key in ("keypoints", "scales", "scores"):
         assert torch.equal(results[0][key], results[1][key]), key
+        torch.testing.assert_close(results[2][key], results[0][key], rtol=1e-5, atol=1e-4)
 
 
 def _tasks_in_child(queue):

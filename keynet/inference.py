@@ -101,7 +101,8 @@ def _row_split(w: torch.Tensor) -> torch.Tensor:
 
     oneDNN runs a convolution with one output channel (Tiny-Key.Net's) at a few GFLOP/s, because one
     channel fills no vector register. Its k row-convolutions as 8 channels of one 1 x k convolution,
-    followed by a sum of k row-shifted slices, are 2-3x faster (measured here) and give the same sum.
+    followed by a sum of k row-shifted slices, were 2-3x faster in development measurements here, and
+    give the same sum.
     """
     o, c, k, _ = w.shape
     rows = torch.zeros(_ROW_SPLIT_CHANNELS, c, 1, k, dtype=w.dtype)
@@ -236,7 +237,7 @@ class FastKeyNet(nn.Module):
 
 # Bands are at most this many pixels even when memory would allow more: a band's working set then
 # stays in the caches and its buffers are reused, which made detection on a 1024x768 image about
-# 1.4x faster here than whole 1.6 Mpx levels (benchmarks/speed.py measures the result).
+# 1.3-1.4x faster here, in development measurements, than whole 1.6 Mpx levels.
 _CACHE_BAND_PIXELS = 2**18
 # Each band recomputes about 2 * (feature_halo + 2) rows of context (20 for Key.Net), which should
 # stay a small part of its work: bands are at least this many rows unless the image is smaller.

@@ -19,6 +19,10 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], suffix: str | 
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp creates the file private (0600); give it the permissions a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -270,6 +270,7 @@ def _source_rows(a: int, z: int, src_h: int, dst_h: int) -> tuple[torch.Tensor, 
 
 def _resize_rows(f: torch.Tensor, i0: torch.Tensor, i1: torch.Tensor, weight: torch.Tensor, w: int) -> torch.Tensor:
     """Bilinear resize of (B,C,h,wf) ``f`` to len(i0) rows (given by ``_source_rows``) and ``w`` columns."""
+    i0, i1, weight = i0.to(f.device), i1.to(f.device), weight.to(f.device, f.dtype)
     rows_last = f.permute(0, 2, 3, 1)  # channels-last memory as a contiguous (B,h,wf,C) view
     v = torch.lerp(rows_last.index_select(1, i0), rows_last.index_select(1, i1), weight.view(1, -1, 1, 1))
     v = v.permute(0, 3, 1, 2)

@@ -92,7 +92,8 @@ def pyrdown(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(b * (1.0 / 256.0), size=size, mode="bilinear", align_corners=False)
 
 
-# A convolution with fewer output channels than this many kernel rows is rewritten (``_row_split``).
+# A convolution whose output channels times kernel rows fit in this many channels is rewritten
+# (``_row_split``): Tiny-Key.Net's, with one output channel and 5 rows.
 _ROW_SPLIT_CHANNELS = 8
 
 

@@ -123,6 +123,16 @@ def conv_gflops(repeats: int, threads: int) -> dict[str, float]:
     return {"1 thread": one, f"{threads} intra-op threads": intra, f"{threads} at once, 1 thread each": side_by_side}
 
 
+def batch_seconds_per_image(image: np.ndarray, repeats: int, batch: int = 4) -> tuple[float, float]:
+    """Median seconds per image of one (batch,1,H,W) detection and of the same images one by one."""
+    x = torch.from_numpy(image)[None, None]
+    xb = torch.cat([x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)][:batch])
+    det = KeyNetDetector(weights=reference_weights_path(), num_keypoints=NUM_KEYPOINTS)
+    times = time_methods({"batch": lambda: det.detect(xb),
+                          "singles": lambda: [det.detect(xb[i : i + 1]) for i in range(batch)]}, repeats)
+    return times["batch"] / batch, times["singles"] / batch
+
+
 def detect_without_tasks(det: KeyNetDetector, x: torch.Tensor) -> object:
     with tasks_disabled():
         return det.detect(x)
@@ -260,6 +270,8 @@ def main() -> None:
                 line += f"   peak {in_fresh_process(_peak_of, name, size, args.threads, onnx_dir):7.1f} MB"
             print(line, flush=True)
         print(f"  network GFLOP per detection: {flops['keynet detect'] / 1e9:.1f}")
+        per_batch, per_single = batch_seconds_per_image(image, args.repeats)
+        print(f"  keynet detect on a batch of 4: {per_batch:.4f} s per image, one by one {per_single:.4f} s")
         print(f"  compat=kornia keypoints identical to kornia's: {keypoint_agreement(image):.2%}\n")
 
 

@@ -294,8 +294,8 @@ class KeyNetDetector(nn.Module):
         size = self.conf["nms_size"]
         return self._in_bands(lambda part: strict_maxima(part, size), score, size // 2)
 
-    def _level_candidates(self, level: torch.Tensor, fx: float, fy: float, masks: torch.Tensor | None) -> torch.Tensor:
-        """Maxima of one pyramid level as rows (image index, x, y, scale, score), row-major order."""
+    def _level_candidates(self, level: torch.Tensor, fx: float, fy: float, mask: torch.Tensor | None) -> torch.Tensor:
+        """Maxima of one pyramid level of one image as rows (x, y, scale, score), row-major order."""
         c = self.conf
         score = self._response(level)
         nh, nw = score.shape[-2:]
@@ -305,26 +305,31 @@ class KeyNetDetector(nn.Module):
         keep[..., nh - bd :, :] = False
         keep[..., :, :bd] = False
         keep[..., :, nw - bd :] = False
-        if masks is not None:
-            keep &= self._level_mask(masks, (nh, nw), fx, fy)
-        bi, _, v, u = torch.nonzero(keep, as_tuple=True)  # row-major order
-        s = score[bi, 0, v, u]
+        if mask is not None:
+            keep &= self._level_mask(mask, (nh, nw), fx, fy)
+        _, _, v, u = torch.nonzero(keep, as_tuple=True)  # row-major order
+        s = score[0, 0, v, u]
         x = self._map(u.double(), fx)
         y = self._map(v.double(), fy)
         scale = torch.full_like(x, 0.5 * (fx + fy) * c["scale_mult"])
-        return torch.stack([bi.double(), x, y, scale, s.double()], 1)
+        return torch.stack([x, y, scale, s.double()], 1)
 
     def _detect_batch(self, batch: torch.Tensor, masks: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
-        levels = self._levels(batch)
-        # Largest level first, so that the threads finish together (see keynet.parallel).
-        order = sorted(range(len(levels)), key=lambda i: -levels[i][0].numel())
-        found = run_tasks([partial(self._level_candidates, *levels[i], masks) for i in order])
-        by_level = [found[order.index(i)] for i in range(len(levels))]  # back to level order: tie-breaks
-        rows_all = torch.cat(by_level) if by_level else torch.zeros(0, 5, dtype=torch.float64)
+        # One task per (image, level): images of a batch are independent, and one image at a time keeps
+        # the network's bands small enough for the caches (a batched band is B times larger).
+        jobs = []  # (image index, level index, task)
+        for i in range(batch.shape[0]):
+            mask = None if masks is None else masks[i : i + 1]
+            for j, (level, fx, fy) in enumerate(self._levels(batch[i : i + 1])):
+                jobs.append((i, j, level.numel(), partial(self._level_candidates, level, fx, fy, mask)))
+        # Largest first, so that the threads finish together (see keynet.parallel).
+        jobs.sort(key=lambda job: -job[2])
+        found = dict(zip(((i, j) for i, j, _, _ in jobs), run_tasks([job[3] for job in jobs])))
         out = []
         for i in range(batch.shape[0]):
-            rows = rows_all[rows_all[:, 0] == i, 1:]
-            order_i = torch.sort(rows[:, 3], descending=True, stable=True).indices[: self.conf["num_keypoints"]]
-            rows = rows[order_i].float()
+            by_level = [found[key] for key in sorted(k for k in found if k[0] == i)]  # level order: tie-breaks
+            rows = torch.cat(by_level) if by_level else torch.zeros(0, 4, dtype=torch.float64)
+            order = torch.sort(rows[:, 3], descending=True, stable=True).indices[: self.conf["num_keypoints"]]
+            rows = rows[order].float()
             out.append({"keypoints": rows[:, :2].contiguous(), "scales": rows[:, 2].contiguous(), "scores": rows[:, 3].contiguous()})
         return out

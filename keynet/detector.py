@@ -294,40 +294,47 @@ class KeyNetDetector(nn.Module):
         size = self.conf["nms_size"]
         return self._in_bands(lambda part: strict_maxima(part, size), score, size // 2)
 
+    def _keep(self, score: torch.Tensor, maxima: torch.Tensor) -> torch.Tensor:
+        """Where a level's ``score`` (B,1,h,w) gives a keypoint: its strict ``maxima``, above the score
+        threshold, outside the border. Written with index comparisons so that ONNX export traces it."""
+        c = self.conf
+        nh, nw = score.shape[-2:]
+        bd = c["border"]
+        v = torch.arange(nh, device=score.device)
+        u = torch.arange(nw, device=score.device)
+        inside = ((v >= bd) & (v < nh - bd))[:, None] & ((u >= bd) & (u < nw - bd))[None, :]
+        return maxima & (score > c["score_threshold"]) & inside
+
+    def _scale(self, fx, fy):
+        """Keypoint radius on a level with factors fx, fy (floats, or traced scalars in export)."""
+        return 0.5 * (fx + fy) * self.conf["scale_mult"]
+
     def _level_candidates(self, level: torch.Tensor, fx: float, fy: float, mask: torch.Tensor | None) -> torch.Tensor:
         """Maxima of one pyramid level of one image as rows (x, y, scale, score), row-major order."""
-        c = self.conf
         score = self._response(level)
-        nh, nw = score.shape[-2:]
-        keep = self._maxima(score) & (score > c["score_threshold"])
-        bd = c["border"]
-        keep[..., :bd, :] = False
-        keep[..., nh - bd :, :] = False
-        keep[..., :, :bd] = False
-        keep[..., :, nw - bd :] = False
+        keep = self._keep(score, self._maxima(score))
         if mask is not None:
-            keep &= self._level_mask(mask, (nh, nw), fx, fy)
+            keep &= self._level_mask(mask, tuple(score.shape[-2:]), fx, fy)
         _, _, v, u = torch.nonzero(keep, as_tuple=True)  # row-major order
         s = score[0, 0, v, u]
         x = self._map(u.double(), fx)
         y = self._map(v.double(), fy)
-        scale = torch.full_like(x, 0.5 * (fx + fy) * c["scale_mult"])
+        scale = torch.full_like(x, self._scale(fx, fy))
         return torch.stack([x, y, scale, s.double()], 1)
 
     def _detect_batch(self, batch: torch.Tensor, masks: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
         # One task per (image, level): images of a batch are independent, and one image at a time keeps
         # the network's bands small enough for the caches (a batched band is B times larger).
-        jobs = []  # (image index, level index, task)
-        for i in range(batch.shape[0]):
-            mask = None if masks is None else masks[i : i + 1]
-            for j, (level, fx, fy) in enumerate(self._levels(batch[i : i + 1])):
-                jobs.append((i, j, level.numel(), partial(self._level_candidates, level, fx, fy, mask)))
-        # Largest first, so that the threads finish together (see keynet.parallel).
-        jobs.sort(key=lambda job: -job[2])
-        found = dict(zip(((i, j) for i, j, _, _ in jobs), run_tasks([job[3] for job in jobs])))
+        levels = [self._levels(batch[i : i + 1]) for i in range(batch.shape[0])]
+        keys = [(i, j) for i, image_levels in enumerate(levels) for j in range(len(image_levels))]
+        # Largest level first, so that the threads finish together (see keynet.parallel).
+        keys.sort(key=lambda key: -levels[key[0]][key[1]][0].numel())
+        tasks = [partial(self._level_candidates, *levels[i][j], None if masks is None else masks[i : i + 1])
+                 for i, j in keys]
+        found = dict(zip(keys, run_tasks(tasks)))
         out = []
-        for i in range(batch.shape[0]):
-            by_level = [found[key] for key in sorted(k for k in found if k[0] == i)]  # level order: tie-breaks
+        for i, image_levels in enumerate(levels):
+            by_level = [found[(i, j)] for j in range(len(image_levels))]  # level order: tie-breaks
             rows = torch.cat(by_level) if by_level else torch.zeros(0, 4, dtype=torch.float64)
             order = torch.sort(rows[:, 3], descending=True, stable=True).indices[: self.conf["num_keypoints"]]
             rows = rows[order].float()

@@ -90,15 +90,11 @@ class _DetectionToTopK(nn.Module):
         for level, fx, fy in det._levels(image):
             score = det.net(level)
             nh, nw = score.shape[-2:]
-            v = torch.arange(nh, dtype=score.dtype)
-            u = torch.arange(nw, dtype=score.dtype)
-            bd = c["border"]
-            inside = ((v >= bd) & (v < nh - bd))[:, None] & ((u >= bd) & (u < nw - bd))[None, :]
-            keep = strict_maxima(score, c["nms_size"]) & (score > c["score_threshold"]) & inside
+            keep = det._keep(score, strict_maxima(score, c["nms_size"]))
             scores.append(torch.where(keep, score, torch.zeros_like(score)).flatten(1))
-            xs.append(det._map(u, fx)[None, :].expand(nh, nw).flatten())
-            ys.append(det._map(v, fy)[:, None].expand(nh, nw).flatten())
-            scales.append(torch.full_like(xs[-1], 0.5 * c["scale_mult"]) * (fx + fy))
+            xs.append(det._map(torch.arange(nw, dtype=score.dtype), fx)[None, :].expand(nh, nw).flatten())
+            ys.append(det._map(torch.arange(nh, dtype=score.dtype), fy)[:, None].expand(nh, nw).flatten())
+            scales.append(torch.ones_like(xs[-1]) * det._scale(fx, fy))  # fx, fy stay symbolic
         top = torch.topk(torch.cat(scores, 1), c["num_keypoints"], dim=1)
         keypoints = torch.stack([torch.cat(xs)[top.indices], torch.cat(ys)[top.indices]], -1)
         return keypoints, torch.cat(scales)[top.indices], top.values

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model import KeyNet
-from .parallel import run_tasks
+from .parallel import concurrency, run_tasks
 
 
 def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,9 +218,10 @@ class FastKeyNet(nn.Module):
         Args:
             band_pixels: compute in row bands of at most this many pixels (bounds memory). Bands
                 are never larger than ``_CACHE_BAND_PIXELS`` anyway (speed), and the image is cut
-                into at least as many bands as torch has threads, which run in parallel. Bands give
-                the same response as the whole image: each computes its features with the rows of
-                context they depend on, and resamples the in-network levels on the whole image's grid.
+                into a multiple of ``keynet.parallel.concurrency()`` bands, which run in parallel.
+                Bands give the same response as the whole image: each computes its features with
+                the rows of context they depend on, and resamples the in-network levels on the whole
+                image's grid.
         """
         pyramid = [x]
         for _ in range(1, self.num_levels):
@@ -230,7 +231,7 @@ class FastKeyNet(nn.Module):
         if torch.jit.is_tracing():
             out = self._whole(pyramid)
         else:
-            bands = _row_bands(*x.shape[-2:], band_pixels, torch.get_num_threads())
+            bands = _row_bands(*x.shape[-2:], band_pixels, concurrency())
             parts = run_tasks([partial(self._band, pyramid, r0, r1) for r0, r1 in bands])
             out = parts[0] if len(parts) == 1 else torch.cat(parts, 2)
         return out.add_(self.last_bias.view(1, 1, 1, 1)).relu_().contiguous()

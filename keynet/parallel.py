@@ -47,6 +47,14 @@ def tasks_disabled() -> Iterator[None]:
         _local.disabled = before
 
 
+def concurrency() -> int:
+    """How many tasks ``run_tasks`` runs at once in this thread now: 1 when it would run them in the
+    caller (one torch thread, inside a task, while tracing, or within ``tasks_disabled()``)."""
+    if torch.jit.is_tracing() or getattr(_local, "disabled", False):
+        return 1
+    return torch.get_num_threads()
+
+
 def run_tasks(tasks: Sequence[Callable[[], T]]) -> list[T]:
     """``[task() for task in tasks]``, run concurrently when torch may use more than one thread.
 
@@ -54,8 +62,8 @@ def run_tasks(tasks: Sequence[Callable[[], T]]) -> list[T]:
     ``torch.get_num_threads()`` is 1, so nested calls run sequentially. Grad and inference mode are
     those of the caller. While tracing (ONNX export) everything runs in the calling thread.
     """
-    threads = torch.get_num_threads()
-    if threads <= 1 or len(tasks) <= 1 or torch.jit.is_tracing() or getattr(_local, "disabled", False):
+    threads = concurrency()
+    if threads <= 1 or len(tasks) <= 1:
         return [task() for task in tasks]
     grad = torch.is_grad_enabled()
     inference = torch.is_inference_mode_enabled()

@@ -69,13 +69,7 @@ def detector_flops(det: KeyNetDetector, conf: dict, h: int, w: int) -> float:
 def matmul_gflops(repeats: int) -> float:
     a = torch.randn(2048, 2048)
     b = torch.randn(2048, 2048)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * 2048**3 / statistics.median(times) / 1e9
+    return 2 * 2048**3 / time_methods({"matmul": lambda: a @ b}, repeats)["matmul"] / 1e9
 
 
 def export_onnx_files() -> Path | None:
@@ -105,21 +99,14 @@ def conv_gflops(repeats: int, threads: int) -> dict[str, float]:
     def conv() -> None:
         F.conv2d(x, w, padding=2)
 
-    def best(fn: Callable[[], object], n: int) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return n * flops / statistics.median(times) / 1e9
+    def gflops(fn: Callable[[], object], n: int) -> float:
+        return n * flops / time_methods({"conv": fn}, repeats)["conv"] / 1e9
 
-    with torch.inference_mode():
-        torch.set_num_threads(1)
-        one = best(conv, 1)
-        torch.set_num_threads(threads)
-        intra = best(conv, 1)
-        side_by_side = best(lambda: run_tasks([conv] * threads), threads)
+    torch.set_num_threads(1)
+    one = gflops(conv, 1)
+    torch.set_num_threads(threads)
+    intra = gflops(conv, 1)
+    side_by_side = gflops(lambda: run_tasks([conv] * threads), threads)
     return {"1 thread": one, f"{threads} intra-op threads": intra, f"{threads} at once, 1 thread each": side_by_side}
 
 

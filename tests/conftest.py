@@ -29,6 +29,14 @@ def read_gray(path: Path) -> torch.Tensor:
     return torch.from_numpy(img.astype(np.float32) / 255.0)[None, None]
 
 
+def found_in(ours: dict, theirs: dict, tol: float = 1e-3) -> torch.Tensor:
+    """Per keypoint of ``ours`` (a detect() dict): whether ``theirs`` has one with position and
+    scale within ``tol``. (N,) bool."""
+    a = torch.cat([ours["keypoints"], ours["scales"][:, None]], 1).double()
+    b = torch.cat([theirs["keypoints"], theirs["scales"][:, None]], 1).double()
+    return (a[:, None] - b[None]).abs().amax(-1).min(1).values < tol
+
+
 class Identity(nn.Module):
     """A 'network' whose response is the image itself: maxima are where the image peaks."""
 

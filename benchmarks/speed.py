@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from keynet import KeyNetDetector
-from keynet.inference import FastKeyNet
+from keynet.inference import FastKeyNet, native_bfloat16
 from keynet.parallel import run_tasks, tasks_disabled
 from keynet.model import KeyNet
 from keynet.paths import reference_weights_path, shared_data_dir
@@ -88,15 +88,27 @@ def export_onnx_files() -> Path | None:
     return folder
 
 
+def cpu_name() -> str:
+    """The CPU's model name as the kernel reports it (Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def conv_gflops(repeats: int, threads: int) -> dict[str, float]:
     """GFLOP/s of Key.Net's typical convolution (8 -> 8 channels, 5x5, channels-last, 600x600):
     one at a time on one thread, one at a time on ``threads`` intra-op threads, and ``threads`` of
-    them at once, one per thread (how keynet.parallel runs them)."""
+    them at once, one per thread (how keynet.parallel runs them); and in bfloat16 on ``threads``
+    threads where the CPU has it natively."""
     x = torch.rand(1, 8, 600, 600).contiguous(memory_format=torch.channels_last)
     w = torch.randn(8, 8, 5, 5).contiguous(memory_format=torch.channels_last)
     flops = 2 * 8 * 8 * 25 * 600 * 600
 
-    def conv() -> None:
+    def conv(x: torch.Tensor = x, w: torch.Tensor = w) -> None:
         F.conv2d(x, w, padding=2)
 
     def gflops(fn: Callable[[], object], n: int) -> float:
@@ -107,7 +119,11 @@ def conv_gflops(repeats: int, threads: int) -> dict[str, float]:
     torch.set_num_threads(threads)
     intra = gflops(conv, 1)
     side_by_side = gflops(lambda: run_tasks([conv] * threads), threads)
-    return {"1 thread": one, f"{threads} intra-op threads": intra, f"{threads} at once, 1 thread each": side_by_side}
+    rates = {"1 thread": one, f"{threads} intra-op threads": intra, f"{threads} at once, 1 thread each": side_by_side}
+    if native_bfloat16():
+        xb, wb = x.bfloat16(), w.bfloat16()
+        rates[f"bfloat16 on {threads} intra-op threads"] = gflops(lambda: conv(xb, wb), 1)
+    return rates
 
 
 def batch_seconds_per_image(image: np.ndarray, repeats: int, batch: int = 4) -> tuple[float, float]:
@@ -139,9 +155,12 @@ def build_methods(image: np.ndarray, onnx_dir: Path | None) -> dict[str, Callabl
     kornia_det.model.load_state_dict(load_state_dict_file(ref))
     kornia_det.eval()
     ours_net = FastKeyNet(load_model(ref))
+    ours_net_bf16 = FastKeyNet(load_model(ref), torch.bfloat16)
     ours_compat = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, compat="kornia")
     ours = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS)
     fast = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, up_levels=0)
+    bf16 = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, precision="bfloat16")
+    fast_bf16 = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, up_levels=0, precision="bfloat16")
     sift = cv2.SIFT_create(nfeatures=NUM_KEYPOINTS)
     methods = {
         "kornia KeyNet response": lambda: kornia_net(x),
@@ -153,6 +172,10 @@ def build_methods(image: np.ndarray, onnx_dir: Path | None) -> dict[str, Callabl
         "keynet detect fast (up_levels=0)": lambda: fast.detect(x),
         "OpenCV SIFT detect": lambda: sift.detect(u8, None),
     }
+    if native_bfloat16():  # emulated elsewhere, and slower than float32
+        methods["keynet response bfloat16"] = lambda: ours_net_bf16(x)
+        methods["keynet detect bfloat16"] = lambda: bf16.detect(x)
+        methods["keynet detect --fast (up_levels=0, bf16)"] = lambda: fast_bf16.detect(x)
     if onnx_dir is not None:
         from keynet.export import OnnxDetector, OnnxResponse
 
@@ -184,8 +207,19 @@ def time_methods(methods: dict[str, Callable[[], object]], repeats: int) -> dict
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def keypoint_agreement(image: np.ndarray) -> float:
-    """Share of kornia's keypoints that keynet's compat mode returns (position and scale within 1e-3)."""
+def _share_found(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of rows (x, y, scale) of ``a`` that ``b`` has within 1e-3."""
+    return ((a.double()[:, None] - b.double()[None]).abs().amax(-1).min(1).values < 1e-3).double().mean().item()
+
+
+def _rows(out: dict) -> torch.Tensor:
+    return torch.cat([out["keypoints"], out["scales"][:, None]], 1)
+
+
+def keypoint_agreement(image: np.ndarray) -> dict[str, float]:
+    """Share of kornia's keypoints that keynet's compat mode returns, and (where the CPU has native
+    bfloat16) share of the float32 detector's keypoints that the bfloat16 one returns (position and
+    scale within 1e-3)."""
     import kornia.feature as KF
 
     ref = reference_weights_path()
@@ -193,12 +227,17 @@ def keypoint_agreement(image: np.ndarray) -> float:
     kd = KF.KeyNetDetector(pretrained=False, num_features=NUM_KEYPOINTS)
     kd.model.load_state_dict(load_state_dict_file(ref))
     kd.eval()
+    shares = {}
     with torch.inference_mode():
         lafs, _ = kd(x)
         ours = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, compat="kornia").detect(x)[0]
-    a = torch.cat([lafs[0, :, :, 2], lafs[0, :, 0, 0, None]], 1).double()
-    b = torch.cat([ours["keypoints"], ours["scales"][:, None]], 1).double()
-    return ((a[:, None] - b[None]).abs().amax(-1).min(1).values < 1e-3).double().mean().item()
+        kornia_rows = torch.cat([lafs[0, :, :, 2], lafs[0, :, 0, 0, None]], 1)
+        shares["compat=kornia keypoints identical to kornia's"] = _share_found(kornia_rows, _rows(ours))
+        if native_bfloat16():
+            exact = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS).detect(x)[0]
+            bf16 = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, precision="bfloat16").detect(x)[0]
+            shares["float32 keypoints that bfloat16 also returns"] = _share_found(_rows(exact), _rows(bf16))
+    return shares
 
 
 def _peak_of(name: str, size: str, threads: int, onnx_dir: Path | None) -> float:
@@ -215,7 +254,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also measure peak memory (slower)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
+    print(f"machine: {cpu_name()}, {args.threads} threads, torch {torch.__version__}, "
+          f"native bfloat16: {'yes' if native_bfloat16() else 'no'}")
     mm = matmul_gflops(args.repeats)
     print(f"torch fp32 matmul (2048^2): {mm:.1f} GFLOP/s")
     conv = conv_gflops(args.repeats, args.threads)
@@ -235,6 +275,9 @@ def main() -> None:
                    "keynet detect": "kornia KeyNetDetector",
                    "keynet detect, intra-op threads only": "kornia KeyNetDetector",
                    "keynet detect fast (up_levels=0)": "kornia KeyNetDetector",
+                   "keynet response bfloat16": "kornia KeyNet response",
+                   "keynet detect bfloat16": "kornia KeyNetDetector",
+                   "keynet detect --fast (up_levels=0, bf16)": "kornia KeyNetDetector",
                    "keynet tiny detect": "OpenCV SIFT detect"}
         det = KeyNetDetector(weights=reference_weights_path())
         fast = KeyNetDetector(weights=reference_weights_path(), up_levels=0)
@@ -244,10 +287,13 @@ def main() -> None:
                  "keynet detect": detector_flops(det, conf, h, w),
                  "keynet detect, intra-op threads only": detector_flops(det, conf, h, w),
                  "keynet detect fast (up_levels=0)": detector_flops(fast, conf, h, w),
+                 "keynet response bfloat16": network_flops(conf, h, w),
+                 "keynet detect bfloat16": detector_flops(det, conf, h, w),
+                 "keynet detect --fast (up_levels=0, bf16)": detector_flops(fast, conf, h, w),
                  "keynet detect, onnxruntime network": detector_flops(det, conf, h, w),
                  "onnxruntime detection graph": detector_flops(det, conf, h, w)}
         for name, t in med.items():
-            line = f"  {name:36s} {t:8.4f}"
+            line = f"  {name:40s} {t:8.4f}"
             if name in anchors:
                 line += f"   {med[anchors[name]] / t:5.2f}x vs {anchors[name]}"
             if name in flops:
@@ -259,7 +305,9 @@ def main() -> None:
         print(f"  network GFLOP per detection: {flops['keynet detect'] / 1e9:.1f}")
         per_batch, per_single = batch_seconds_per_image(image, args.repeats)
         print(f"  keynet detect on a batch of 4: {per_batch:.4f} s per image, one by one {per_single:.4f} s")
-        print(f"  compat=kornia keypoints identical to kornia's: {keypoint_agreement(image):.2%}\n")
+        for what, share in keypoint_agreement(image).items():
+            print(f"  {what}: {share:.2%}")
+        print()
 
 
 if __name__ == "__main__":

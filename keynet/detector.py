@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .io.image import ImageError, load_image, to_float_gray
-from .inference import FastKeyNet, downsampled_side, pyrdown, upsampled_side
+from .inference import COMPUTE_DTYPES, FastKeyNet, downsampled_side, pyrdown, upsampled_side
 from .model import KeyNet
 from .parallel import run_tasks
 from .weights import load_model
@@ -108,6 +108,7 @@ class KeyNetDetector(nn.Module):
         "scale_mult": 22.0,  # keypoint radius at full resolution, pixels
         "compat": None,  # None, or "kornia" for kornia's level-to-image mapping
         "band_pixels": 2**22,  # larger levels run the network and the suppression in row bands (memory)
+        "precision": "float32",  # or "bfloat16" for Key.Net's learned convolutions (see FastKeyNet)
     }
     # Rows of context above and below a band: more than the network's receptive-field radius
     # (about 20 px: the Sobel pair, three 5x5 convs at 1/1.44 resolution, two blurs, the last conv).
@@ -135,10 +136,14 @@ class KeyNetDetector(nn.Module):
             raise ValueError("score_threshold must be >= 0: the response is non-negative and 0 means 'none'")
         if c["nms_size"] < 1 or c["nms_size"] % 2 == 0:
             raise ValueError(f"nms_size must be a positive odd number, got {c['nms_size']}")
+        if c["precision"] not in COMPUTE_DTYPES:
+            raise ValueError(f"precision must be one of {sorted(COMPUTE_DTYPES)}, got {c['precision']!r}")
         net = network if network is not None else load_model(weights, model)
+        if c["precision"] != "float32" and not isinstance(net, KeyNet):
+            raise ValueError(f"precision={c['precision']!r} applies to a Key.Net network, not to {type(net).__name__}")
         # A KeyNet runs through its inference form (BatchNorm folded, faster final conv): the same
         # function up to float rounding. Later changes to `net`'s weights are not seen.
-        self.net = FastKeyNet(net) if isinstance(net, KeyNet) else net
+        self.net = FastKeyNet(net, COMPUTE_DTYPES[c["precision"]]) if isinstance(net, KeyNet) else net
         self.net.eval()
         # Follows .to(device) like a parameter would, also for a network without parameters.
         self.register_buffer("_device_probe", torch.zeros(0), persistent=False)

@@ -82,6 +82,9 @@ class _DetectionToTopK(nn.Module):
         super().__init__()
         if not isinstance(det.net, FastKeyNet):
             raise TypeError("only a detector with Key.Net's own network can be exported")
+        if det.net.dtype != torch.float32:
+            # onnxruntime's CPU provider has no bfloat16 convolution
+            raise ValueError(f"export needs precision='float32', the detector has {det.conf['precision']!r}")
         self.det = det
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

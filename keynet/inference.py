@@ -11,6 +11,9 @@ What changes, and why it is exact in real arithmetic:
 - ReLU runs inside oneDNN's convolution (a post-op) instead of as a pass of its own.
 - A convolution with a single output channel (Tiny-Key.Net's blocks) runs as one 1 x k convolution
   with k output channels, one per kernel row, followed by a sum of row-shifted slices.
+- Optionally (``dtype=torch.bfloat16``, not exact) the learned blocks' convolutions run in bfloat16
+  with float32 accumulation, which CPUs with AVX512-BF16 or AMX execute several times faster; the
+  handcrafted maps, the resampling and the final convolution stay float32.
 - The image is processed in row bands, each with the rows of context its result depends on, and the
   in-network levels are resampled on the whole image's grid, so a band's rows equal the whole
   image's. Bands keep the working set in the caches, bound memory on large images, and run in
@@ -55,13 +58,18 @@ def _sobel8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return down[..., 2:] - down[..., :-2], across[..., 2:, :] - across[..., :-2, :]
 
 
-def handcrafted_maps(x: torch.Tensor) -> torch.Tensor:
+def handcrafted_maps(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The 10 maps of ``model.HandcraftedBlock`` for (B,1,H,W), each times its ``MAP_SCALES`` entry,
-    by separable filtering: (B,10,H,W)."""
+    by separable filtering: (B,10,H,W), computed in ``x``'s dtype and stored in ``dtype`` (default:
+    the same)."""
     dx, dy = _sobel8(x)
     dxx, dxy = _sobel8(dx)
     dyy = _sobel8(dy)[1]
-    return torch.cat([dx, dy, dx * dx, dy * dy, dx * dy, dxy, dxy * dxy, dxx, dyy, dxx * dyy], 1)
+    maps = [dx, dy, dx * dx, dy * dy, dx * dy, dxy, dxy * dxy, dxx, dyy, dxx * dyy]
+    if dtype is None or dtype == x.dtype:
+        return torch.cat(maps, 1)
+    # the concatenation converts as it copies: no pass of its own
+    return torch.cat(maps, 1, out=x.new_empty((x.shape[0], len(maps), *x.shape[2:]), dtype=dtype))
 
 
 def _fraction(factor: float) -> Fraction:
@@ -111,19 +119,41 @@ def _row_split(w: torch.Tensor) -> torch.Tensor:
     return rows
 
 
+def native_bfloat16() -> bool:
+    """Whether this CPU runs oneDNN's bfloat16 convolutions natively (AVX512-BF16 or AMX); elsewhere
+    they are emulated and slower than float32."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def _fused_conv_relu_applies(x: torch.Tensor) -> bool:
     """Whether oneDNN can apply the ReLU inside the convolution (saves a pass over its output):
-    float32 on a CPU with oneDNN, outside tracing (ONNX export sees plain conv + ReLU)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    float32, or bfloat16 where native, on a CPU with oneDNN, outside tracing (ONNX export sees
+    plain conv + ReLU)."""
+    return (x.device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and native_bfloat16()))
             and not torch.jit.is_tracing() and not torch.jit.is_scripting()
             and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
 
 
-class FastKeyNet(nn.Module):
-    """Inference-only copy of a ``KeyNet`` (its weights at construction time). (B,1,H,W) -> (B,1,H,W)."""
+# dtypes the learned blocks can run in
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-    def __init__(self, net: KeyNet) -> None:
+
+class FastKeyNet(nn.Module):
+    """Inference-only copy of a ``KeyNet`` (its weights at construction time). (B,1,H,W) -> (B,1,H,W).
+
+    Args:
+        net: the network.
+        dtype: float32 (the same function up to float rounding) or bfloat16: the learned blocks'
+            convolutions take bfloat16 maps, weights and features (results differ by about 1e-3 of
+            the response's maximum, so some keypoints change; fast only where ``native_bfloat16()``).
+    """
+
+    def __init__(self, net: KeyNet, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
+        if dtype not in COMPUTE_DTYPES.values():
+            raise ValueError(f"dtype must be one of {sorted(COMPUTE_DTYPES)}, got {dtype}")
+        self.dtype = dtype
         c = net.conf
         self.num_levels = c["num_levels"]
         self.pyramid_factor = c["pyramid_factor"]
@@ -138,8 +168,8 @@ class FastKeyNet(nn.Module):
             self.row_split.append(w.shape[0] * w.shape[2] <= _ROW_SPLIT_CHANNELS)
             if self.row_split[-1]:
                 w = _row_split(w)
-            self.register_buffer(f"w{i}", w.contiguous(memory_format=torch.channels_last))
-            self.register_buffer(f"b{i}", b)
+            self.register_buffer(f"w{i}", w.to(dtype).contiguous(memory_format=torch.channels_last))
+            self.register_buffer(f"b{i}", b.to(dtype))
         self.num_blocks = len(blocks)
         self.kernel_size = c["kernel_size"]
         # Rows of context a feature row depends on: 2 for the second derivatives, then each block's conv.
@@ -156,7 +186,8 @@ class FastKeyNet(nn.Module):
         w, b = getattr(self, f"w{i}"), getattr(self, f"b{i}")
         if self.row_split[i]:  # see _row_split: sum the kernel rows' partial results
             k, h = self.kernel_size, x.shape[-2]
-            rows = F.conv2d(x, w, padding=self.padding)  # (B, >= O*k, H + k - 1, W)
+            # (B, >= O*k, H + k - 1, W); the rows are summed in float32 also for bfloat16 input
+            rows = F.conv2d(x, w, padding=self.padding).float()
             outs = []
             for o in range(b.shape[0]):
                 acc = rows[:, o * k : o * k + 1, 0:h]
@@ -164,7 +195,7 @@ class FastKeyNet(nn.Module):
                     acc = acc + rows[:, o * k + r : o * k + r + 1, r : r + h]
                 outs.append(acc)
             out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
-            return out.add_(b.view(1, -1, 1, 1)).relu_()
+            return out.add_(b.view(1, -1, 1, 1)).relu_().to(x.dtype)
         if _fused_conv_relu_applies(x):
             p = [self.padding] * 2
             return torch.ops.mkldnn._convolution_pointwise(x, w, b, p, [1, 1], [1, 1], 1, "relu", [], "")
@@ -173,10 +204,10 @@ class FastKeyNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         # The maps stay channels-first: oneDNN reorders them for the convolution faster than a
         # separate channels-last copy would.
-        f = handcrafted_maps(x)
+        f = handcrafted_maps(x, self.dtype)
         for i in range(self.num_blocks):
             f = self._conv_relu(f, i)
-        return f
+        return f.float()
 
     def _features_around(self, x: torch.Tensor, s0: int, s1: int) -> tuple[torch.Tensor, int]:
         """Features of rows [f0, f1) of ``x``, exact on rows [s0, s1) (the ones near an inner edge

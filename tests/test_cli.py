@@ -92,3 +92,17 @@ def test_export_with_bad_weights_writes_nothing(tmp_path, capsys):
     assert main(["export", str(tmp_path / "x.onnx"), "--weights", str(bad)]) == 2
     assert "not a readable PyTorch weights file" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_fast_uses_bfloat16_only_where_native(monkeypatch, native):
+    import argparse
+
+    from keynet import detect_cli, inference
+
+    monkeypatch.setattr(inference, "native_bfloat16", lambda: native)
+    options = lambda **kw: detect_cli.detector_speed_options(argparse.Namespace(**{"fast": False, "precision": None, **kw}))
+    assert options() == {}
+    assert options(fast=True) == {"up_levels": 0, **({"precision": "bfloat16"} if native else {})}
+    assert options(fast=True, precision="float32") == {"up_levels": 0, "precision": "float32"}
+    assert options(precision="bfloat16") == {"precision": "bfloat16"}

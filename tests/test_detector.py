@@ -173,3 +173,19 @@ def test_other_networks_are_banded_with_context_rows(data_dir, reference_weights
     banded = KeyNetDetector(network=nn.Sequential(net), num_keypoints=1000, band_pixels=100 * 640).detect(img)[0]
     same = found_in(whole, banded)
     assert 0.9 <= same.double().mean() < 1.0
+
+
+def test_bfloat16_detection_keeps_most_keypoints(data_dir, reference_weights):
+    x = read_gray(data_dir / "oxford_affine/graf/img1.png")[..., :320, :400]
+    exact = KeyNetDetector(weights=reference_weights, num_keypoints=500).detect(x)[0]
+    fast = KeyNetDetector(weights=reference_weights, num_keypoints=500, precision="bfloat16").detect(x)[0]
+    assert len(fast["keypoints"]) == 500
+    share = found_in(fast, exact).float().mean().item()
+    assert 0.8 < share < 1.0, share  # most keypoints are the same; bfloat16 rounding moves a few
+
+
+def test_bad_precision_is_a_clear_error():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        KeyNetDetector(precision="float16")
+    with pytest.raises(ValueError, match="applies to a Key.Net network"):
+        KeyNetDetector(network=Identity(), precision="bfloat16")

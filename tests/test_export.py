@@ -71,3 +71,10 @@ def test_only_keynets_own_network_exports_detection(tmp_path):
     with pytest.raises(TypeError, match="Key.Net's own network"):
         export_detector_onnx(det, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_bfloat16_detection_is_not_exported(tmp_path):
+    det = KeyNetDetector(precision="bfloat16")
+    with pytest.raises(ValueError, match="precision='float32'"):
+        export_detector_onnx(det, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()

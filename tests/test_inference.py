@@ -90,3 +90,25 @@ def test_row_bands_cover_the_rows_once():
     assert len(_row_bands(500, 500, None, 2)) == 2  # one band per thread
     assert len(_row_bands(100, 10, None, 4)) == 1  # too few rows to be worth splitting
     assert len(_row_bands(64 * 3, 10**5, None, 1)) == 3  # very wide: bands keep 64 rows
+
+
+def test_bfloat16_maps_are_the_float32_maps_rounded():
+    x = torch.rand(2, 1, 40, 50)
+    assert torch.equal(handcrafted_maps(x, torch.bfloat16), handcrafted_maps(x).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("name", ["keynet", "tiny"])
+def test_bfloat16_network_is_close_to_float32(name, data_dir):
+    net = load_model(None, name)  # the shipped weights
+    x = read_gray(data_dir / "oxford_affine/boat/img1.png")[..., :200, :300]
+    with torch.no_grad():
+        a, b = FastKeyNet(net)(x), FastKeyNet(net, torch.bfloat16)(x)
+    assert b.dtype == torch.float32
+    err = (a - b).abs().max() / a.abs().max()
+    # bfloat16 keeps 8 significant bits: visibly not float32, but within a few 1e-3 of the maximum
+    assert 1e-5 < err < 1e-2, err.item()
+
+
+def test_unknown_compute_dtype_is_refused():
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        FastKeyNet(build_model("keynet"), torch.float16)

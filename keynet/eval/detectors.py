@@ -17,8 +17,9 @@ Detector specs (``make_detector``), options after commas as ``key=value``:
   ``kaze``, ``harris-laplace``: OpenCV (AKAZE, KAZE, Harris-Laplace from ``cv2.xfeatures2d`` when
   the main module lacks them);
 * ``keynet`` (the package's shipped weights), ``keynet:PATH`` (any weights file), ``keynet-ref``
-  (the reference ``keynet_pytorch.pth`` in the shared data); options ``model=keynet|tiny`` and
-  ``compat=kornia``, e.g. ``keynet-ref,compat=kornia``;
+  (the reference ``keynet_pytorch.pth`` in the shared data); options ``model=keynet|tiny``,
+  ``compat=kornia``, ``precision=bfloat16`` and the detector's numeric options, e.g.
+  ``keynet-ref,compat=kornia`` or ``keynet,up_levels=0``;
 * ``kornia-keynet`` / ``kornia-keynet:PATH``: ``kornia.feature.KeyNetDetector`` with the reference
   (or given) weights, a cross-check of our detector.
 """
@@ -183,9 +184,10 @@ def make_detector(spec: str, num_keypoints: int = 2048) -> Detector:
     kind, _, path = head.partition(":")
     from keynet.detector import KeyNetDetector
 
-    # Key.Net takes `model`, `compat` and its numeric detector options, e.g. `keynet,up_levels=0`.
+    # Key.Net takes `model`, `compat`, `precision` and its numeric detector options, e.g.
+    # `keynet,up_levels=0`.
     numeric = {k for k, v in KeyNetDetector.default_conf.items() if isinstance(v, (int, float)) and k != "num_keypoints"}
-    keynet_opts = {"model", "compat"} | numeric
+    keynet_opts = {"model", "compat", "precision"} | numeric
     allowed = {"keynet": keynet_opts, "keynet-ref": keynet_opts}.get(kind, set())
     if set(options) - allowed:
         raise ValueError(f"detector spec {spec!r}: unknown option(s) {sorted(set(options) - allowed)}")
@@ -194,6 +196,8 @@ def make_detector(spec: str, num_keypoints: int = 2048) -> Detector:
     if kind == "keynet" or (kind == "keynet-ref" and not path):
         weights = reference_weights_path() if kind == "keynet-ref" else (path or None)
         conf = {k: type(KeyNetDetector.default_conf[k])(float(v)) for k, v in options.items() if k in numeric}
+        if "precision" in options:
+            conf["precision"] = options["precision"]
         return KeyNetEval(spec, weights, options.get("model", "keynet"), options.get("compat"), num_keypoints, **conf)
     if kind == "kornia-keynet":
         return KorniaKeyNet(spec, path or reference_weights_path(), num_keypoints)

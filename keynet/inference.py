@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .maps_kernel import handcrafted_maps_channels_last
 from .model import KeyNet
 from .parallel import concurrency, run_tasks
 
@@ -125,13 +126,18 @@ def native_bfloat16() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+def _eager_on_cpu(x: torch.Tensor) -> bool:
+    """Whether ``x`` is on the CPU outside tracing and scripting, where the kernels below, which
+    ONNX export cannot record, may be used."""
+    return x.device.type == "cpu" and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+
+
 def _fused_conv_relu_applies(x: torch.Tensor) -> bool:
     """Whether oneDNN can apply the ReLU inside the convolution (saves a pass over its output):
     float32, or bfloat16 where native, on a CPU with oneDNN, outside tracing (ONNX export sees
     plain conv + ReLU)."""
-    return (x.device.type == "cpu" and torch.backends.mkldnn.is_available()
+    return (_eager_on_cpu(x) and torch.backends.mkldnn.is_available()
             and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and native_bfloat16()))
-            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
             and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
 
 
@@ -202,9 +208,12 @@ class FastKeyNet(nn.Module):
         return F.conv2d(x, w, b, padding=self.padding).relu_()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        # The maps stay channels-first: oneDNN reorders them for the convolution faster than a
-        # separate channels-last copy would.
-        f = handcrafted_maps(x, self.dtype)
+        if _eager_on_cpu(x) and x.dtype == torch.float32:
+            # the same maps, computed in one pass and already channels-last, which saves the
+            # first convolution a reorder that cost about as much as the convolution itself
+            f = handcrafted_maps_channels_last(x).to(self.dtype)
+        else:
+            f = handcrafted_maps(x, self.dtype)
         for i in range(self.num_blocks):
             f = self._conv_relu(f, i)
         return f.float()

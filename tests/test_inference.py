@@ -4,6 +4,7 @@ import torch
 from keynet.inference import (
     MAP_SCALES, FastKeyNet, _row_bands, downsampled_side, handcrafted_maps, pyrdown as fast_pyrdown, upsampled_side,
 )
+from keynet.maps_kernel import handcrafted_maps_channels_last
 from keynet.model import HandcraftedBlock, build_model, pyrdown
 from keynet.weights import load_model
 
@@ -31,6 +32,14 @@ def test_separable_filters_equal_the_convolutions():
     for factor in (1.2, 2**0.5):
         size = (int(57 / factor), int(71 / factor))
         torch.testing.assert_close(fast_pyrdown(x, size), pyrdown(x, factor), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 57, 71), (1, 1, 1, 3), (1, 1, 4, 1)])
+def test_compiled_maps_equal_the_torch_maps_bit_for_bit(shape):
+    x = torch.rand(shape)
+    maps = handcrafted_maps_channels_last(x)
+    assert maps.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(maps, handcrafted_maps(x))
 
 
 def test_integer_resized_sides_equal_the_float_rule():

@@ -1,0 +1,84 @@
+"""Key.Net's 10 handcrafted maps in one compiled pass per image, written channels-last.
+
+``inference.handcrafted_maps`` builds the maps from about 30 whole-image PyTorch operations (pads,
+pair sums, differences, products, a concatenation), and the first convolution then reorders the
+10 channel-first maps to channels-last. Here numba computes the same values with the same float32
+operations in the same order, pixel by pixel, and writes each pixel's 10 values next to each other:
+the result equals ``handcrafted_maps`` bit for bit (tested) and is already in the layout oneDNN's
+convolution reads. The functions release the GIL, so ``keynet.parallel`` runs bands side by side.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+
+@numba.njit(nogil=True, cache=True)
+def _pad_replicate(a: np.ndarray, p: np.ndarray) -> None:
+    """p (H+2, W+2) = a (H, W) with its border rows and columns repeated once."""
+    h, w = a.shape
+    for r in range(h + 2):
+        src = a[min(max(r - 1, 0), h - 1)]
+        row = p[r]
+        row[0] = src[0]
+        row[1 : w + 1] = src
+        row[w + 1] = src[w - 1]
+
+
+@numba.njit(nogil=True, cache=True)
+def _sobel8(p: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> None:
+    """8 x the Sobel derivatives of the padded ``p`` into ``dx``, ``dy`` (H, W), with the pair sums
+    of ``inference._sobel8`` in its order."""
+    h, w = dx.shape
+    for r in range(h):
+        top, mid, bot = p[r], p[r + 1], p[r + 2]
+        for c in range(w):
+            right = (top[c + 2] + mid[c + 2]) + (mid[c + 2] + bot[c + 2])
+            left = (top[c] + mid[c]) + (mid[c] + bot[c])
+            dx[r, c] = right - left
+            below = (bot[c] + bot[c + 1]) + (bot[c + 1] + bot[c + 2])
+            above = (top[c] + top[c + 1]) + (top[c + 1] + top[c + 2])
+            dy[r, c] = below - above
+
+
+@numba.njit(nogil=True, cache=True)
+def _maps(x: np.ndarray, out: np.ndarray) -> None:
+    """x (B, H, W) float32 -> out (B, H, W, 10) float32, the maps of ``handcrafted_maps``."""
+    b, h, w = x.shape
+    f4 = np.float32
+    p = np.empty((h + 2, w + 2), f4)
+    dx, dy = np.empty((h, w), f4), np.empty((h, w), f4)
+    dxx, dxy = np.empty((h, w), f4), np.empty((h, w), f4)
+    dyx, dyy = np.empty((h, w), f4), np.empty((h, w), f4)
+    for i in range(b):
+        _pad_replicate(x[i], p)
+        _sobel8(p, dx, dy)
+        _pad_replicate(dx, p)
+        _sobel8(p, dxx, dxy)
+        _pad_replicate(dy, p)
+        _sobel8(p, dyx, dyy)
+        for r in range(h):
+            o = out[i, r]
+            for c in range(w):
+                gx, gy, gxx, gyy, gxy = dx[r, c], dy[r, c], dxx[r, c], dyy[r, c], dxy[r, c]
+                o[c, 0] = gx
+                o[c, 1] = gy
+                o[c, 2] = gx * gx
+                o[c, 3] = gy * gy
+                o[c, 4] = gx * gy
+                o[c, 5] = gxy
+                o[c, 6] = gxy * gxy
+                o[c, 7] = gxx
+                o[c, 8] = gyy
+                o[c, 9] = gxx * gyy
+
+
+def handcrafted_maps_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``inference.handcrafted_maps(x)`` for a float32 CPU tensor (B,1,H,W): (B,10,H,W) in
+    channels-last memory."""
+    b, _, h, w = x.shape
+    out = torch.empty((b, h, w, 10), dtype=torch.float32)
+    _maps(x[:, 0].contiguous().numpy(), out.numpy())
+    return out.permute(0, 3, 1, 2)

@@ -34,6 +34,13 @@ from .model import KeyNet
 from .parallel import concurrency, run_tasks
 
 
+def _conv2d_relu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+    """relu(conv2d(x, w, b)) with the ReLU fused into oneDNN's convolution where it can be."""
+    if _fused_conv_relu_applies(x):
+        return torch.ops.mkldnn._convolution_pointwise(x, w, b, list(padding), [1, 1], [1, 1], 1, "relu", [], "")
+    return F.conv2d(x, w, b, padding=padding).relu_()
+
+
 def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     weight = conv.weight * scale[:, None, None, None]
@@ -132,6 +139,44 @@ def _eager_on_cpu(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and not torch.jit.is_tracing() and not torch.jit.is_scripting()
 
 
+def _pair_columns(w: torch.Tensor) -> torch.Tensor:
+    """(O, C, k, k) -> (2 O, 2 C, k, k'): the same convolution on column pairs (``_paired``).
+
+    Output channel ``po * O + o`` is output o at the pair's column ``po`` (0 even, 1 odd), input
+    channel ``pi * C + c`` is input c at column ``pi``, and kernel column ``d + k' // 2`` reads the
+    pair ``d`` pairs away, i.e. original column offset ``2 d + pi - po``; offsets outside the kernel
+    get zero weights.
+    """
+    o, c, k, _ = w.shape
+    r = k // 2
+    reach = (r + 1) // 2  # pairs a kernel row reaches on each side
+    paired = torch.zeros(2 * o, 2 * c, k, 2 * reach + 1, dtype=w.dtype)
+    for po in range(2):
+        for pi in range(2):
+            for d in range(-reach, reach + 1):
+                offset = 2 * d + pi - po
+                if abs(offset) <= r:
+                    paired[po * o : (po + 1) * o, pi * c : (pi + 1) * c, :, d + reach] = w[..., offset + r]
+    return paired
+
+
+def _paired(f: torch.Tensor) -> torch.Tensor:
+    """(B,C,H,W) channels-last with W even -> (B,2C,H,W/2): each pair of columns as one column with
+    both columns' channels. A view: channels-last memory already stores them in this order."""
+    b, c, h, w = f.shape
+    return f.permute(0, 2, 3, 1).reshape(b, h, w // 2, 2 * c).permute(0, 3, 1, 2)
+
+
+def _unpaired(f: torch.Tensor) -> torch.Tensor:
+    """The inverse view of ``_paired``."""
+    b, c2, h, w2 = f.shape
+    return f.permute(0, 2, 3, 1).reshape(b, h, 2 * w2, c2 // 2).permute(0, 3, 1, 2)
+
+
+# Column pairs fill 16-float vectors with Key.Net's 8 channels (see FastKeyNet.features).
+_PAIR_COLUMNS = torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
 def _fused_conv_relu_applies(x: torch.Tensor) -> bool:
     """Whether oneDNN can apply the ReLU inside the convolution (saves a pass over its output):
     float32, or bfloat16 where native, on a CPU with oneDNN, outside tracing (ONNX export sees
@@ -176,7 +221,13 @@ class FastKeyNet(nn.Module):
                 w = _row_split(w)
             self.register_buffer(f"w{i}", w.to(dtype).contiguous(memory_format=torch.channels_last))
             self.register_buffer(f"b{i}", b.to(dtype))
+            if not self.row_split[-1]:
+                paired = _pair_columns(w).to(dtype).contiguous(memory_format=torch.channels_last)
+                self.register_buffer(f"paired_w{i}", paired)
+                self.register_buffer(f"paired_b{i}", torch.cat([b, b]).to(dtype))
         self.num_blocks = len(blocks)
+        # Whether the blocks run on column pairs (see features); an attribute so tests can compare.
+        self.pair_columns = _PAIR_COLUMNS and not any(self.row_split)
         self.kernel_size = c["kernel_size"]
         # Rows of context a feature row depends on: 2 for the second derivatives, then each block's conv.
         self.feature_halo = 2 + self.num_blocks * self.padding
@@ -202,20 +253,35 @@ class FastKeyNet(nn.Module):
                 outs.append(acc)
             out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
             return out.add_(b.view(1, -1, 1, 1)).relu_().to(x.dtype)
-        if _fused_conv_relu_applies(x):
-            p = [self.padding] * 2
-            return torch.ops.mkldnn._convolution_pointwise(x, w, b, p, [1, 1], [1, 1], 1, "relu", [], "")
-        return F.conv2d(x, w, b, padding=self.padding).relu_()
+        return _conv2d_relu(x, w, b, (self.padding, self.padding))
+
+    def _paired_conv_relu(self, f: torch.Tensor, i: int) -> torch.Tensor:
+        """``_conv_relu`` of a channels-last ``f`` of even width, computed on column pairs.
+
+        With AVX512, oneDNN fills only half of each 16-float vector with Key.Net's 8 output
+        channels. On column pairs (16 channels, a 5x3 kernel; a free view of channels-last memory)
+        it computes the same sums, plus products with zero weights, 1.5-1.6x faster here.
+        """
+        w, b = getattr(self, f"paired_w{i}"), getattr(self, f"paired_b{i}")
+        return _unpaired(_conv2d_relu(_paired(f), w, b, (self.padding, w.shape[-1] // 2)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if _eager_on_cpu(x) and x.dtype == torch.float32:
-            # the same maps, computed in one pass and already channels-last, which saves the
-            # first convolution a reorder that cost about as much as the convolution itself
-            f = handcrafted_maps_channels_last(x).to(self.dtype)
+        compiled = _eager_on_cpu(x) and x.dtype == torch.float32
+        pair = compiled and self.pair_columns
+        if compiled:
+            # The same maps, computed in one pass and already channels-last, which saves the first
+            # convolution a reorder that cost about as much as the convolution itself. For column
+            # pairs an odd width gets a zero column, which plays the next convolution's padding.
+            f = handcrafted_maps_channels_last(x, even_width=pair).to(self.dtype)
         else:
             f = handcrafted_maps(x, self.dtype)
+        w = x.shape[-1]
         for i in range(self.num_blocks):
-            f = self._conv_relu(f, i)
+            f = self._paired_conv_relu(f, i) if pair else self._conv_relu(f, i)
+            if f.shape[-1] != w:
+                f[..., w:] = 0
+        if f.shape[-1] != w:
+            f = f[..., :w].contiguous(memory_format=torch.channels_last)
         return f.float()
 
     def _features_around(self, x: torch.Tensor, s0: int, s1: int) -> tuple[torch.Tensor, int]:

@@ -45,7 +45,8 @@ def _sobel8(p: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> None:
 
 @numba.njit(nogil=True, cache=True)
 def _maps(x: np.ndarray, out: np.ndarray) -> None:
-    """x (B, H, W) float32 -> out (B, H, W, 10) float32, the maps of ``handcrafted_maps``."""
+    """x (B, H, W) float32 -> out (B, H, >= W, 10) float32, the maps of ``handcrafted_maps`` (columns
+    of ``out`` beyond W are left as they are)."""
     b, h, w = x.shape
     f4 = np.float32
     p = np.empty((h + 2, w + 2), f4)
@@ -75,10 +76,12 @@ def _maps(x: np.ndarray, out: np.ndarray) -> None:
                 o[c, 9] = gxx * gyy
 
 
-def handcrafted_maps_channels_last(x: torch.Tensor) -> torch.Tensor:
+def handcrafted_maps_channels_last(x: torch.Tensor, even_width: bool = False) -> torch.Tensor:
     """``inference.handcrafted_maps(x)`` for a float32 CPU tensor (B,1,H,W): (B,10,H,W) in
-    channels-last memory."""
+    channels-last memory; with ``even_width`` and an odd W, (B,10,H,W+1) with zeros in the last
+    column."""
     b, _, h, w = x.shape
-    out = torch.empty((b, h, w, 10), dtype=torch.float32)
+    out = torch.empty((b, h, w + (w % 2 if even_width else 0), 10), dtype=torch.float32)
+    out[:, :, w:] = 0
     _maps(x[:, 0].contiguous().numpy(), out.numpy())
     return out.permute(0, 3, 1, 2)

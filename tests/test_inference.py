@@ -121,3 +121,21 @@ def test_bfloat16_network_is_close_to_float32(name, data_dir):
 def test_unknown_compute_dtype_is_refused():
     with pytest.raises(ValueError, match="dtype must be one of"):
         FastKeyNet(build_model("keynet"), torch.float16)
+
+
+@pytest.mark.parametrize("width", [97, 96])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_column_pairs_give_the_plain_convolutions(width, dtype):
+    """The blocks on column pairs (``_pair_columns``; an odd width gets a zero column) compute the
+    same sums as the plain convolutions."""
+    torch.manual_seed(2)
+    fast = FastKeyNet(randomise_batchnorm(build_model("keynet")), dtype)
+    x = torch.rand(2, 1, 41, width)
+    with torch.no_grad():
+        fast.pair_columns = False
+        plain = fast.features(x)
+        fast.pair_columns = True
+        paired = fast.features(x)
+    assert paired.shape == plain.shape and paired.is_contiguous(memory_format=torch.channels_last)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2  # bfloat16 features are rounded to 8 bits
+    assert (paired - plain).abs().max() <= tol * plain.abs().max()

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .maps_kernel import handcrafted_maps_channels_last
+from .maps_kernel import handcrafted_maps_channels_last, resize_channels_last
 from .model import KeyNet
 from .parallel import concurrency, run_tasks
 
@@ -378,6 +378,8 @@ def _source_rows(a: int, z: int, src_h: int, dst_h: int) -> tuple[torch.Tensor, 
 
 def _resize_rows(f: torch.Tensor, i0: torch.Tensor, i1: torch.Tensor, weight: torch.Tensor, w: int) -> torch.Tensor:
     """Bilinear resize of (B,C,h,wf) ``f`` to len(i0) rows (given by ``_source_rows``) and ``w`` columns."""
+    if _eager_on_cpu(f) and f.dtype == torch.float32:
+        return resize_channels_last(f, (i0, i1, weight), _source_rows(0, w, f.shape[-1], w))
     i0, i1, weight = i0.to(f.device), i1.to(f.device), weight.to(f.device, f.dtype)
     rows_last = f.permute(0, 2, 3, 1)  # channels-last memory as a contiguous (B,h,wf,C) view
     v = torch.lerp(rows_last.index_select(1, i0), rows_last.index_select(1, i1), weight.view(1, -1, 1, 1))

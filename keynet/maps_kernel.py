@@ -1,11 +1,19 @@
-"""Key.Net's 10 handcrafted maps in one compiled pass per image, written channels-last.
+"""Compiled (numba) passes of ``FastKeyNet``: the handcrafted maps and the bilinear resize.
+
+The 10 handcrafted maps are computed in one pass per image and written channels-last.
 
 ``inference.handcrafted_maps`` builds the maps from about 30 whole-image PyTorch operations (pads,
 pair sums, differences, products, a concatenation), and the first convolution then reorders the
 10 channel-first maps to channels-last. Here numba computes the same values with the same float32
 operations in the same order, pixel by pixel, and writes each pixel's 10 values next to each other:
 the result equals ``handcrafted_maps`` bit for bit (tested) and is already in the layout oneDNN's
-convolution reads. The functions release the GIL, so ``keynet.parallel`` runs bands side by side.
+convolution reads.
+
+The in-network levels' features are resized (rows, then columns, in one pass per output row)
+from channels-last memory, where the row and column gathers and lerps of PyTorch took three passes
+over the upsampled features.
+
+The functions release the GIL, so ``keynet.parallel`` runs bands side by side.
 """
 
 from __future__ import annotations
@@ -84,4 +92,40 @@ def handcrafted_maps_channels_last(x: torch.Tensor, even_width: bool = False) ->
     out = torch.empty((b, h, w + (w % 2 if even_width else 0), 10), dtype=torch.float32)
     out[:, :, w:] = 0
     _maps(x[:, 0].contiguous().numpy(), out.numpy())
+    return out.permute(0, 3, 1, 2)
+
+
+@numba.njit(nogil=True, cache=True)
+def _resize(f, i0, i1, wr, j0, j1, wc, out) -> None:
+    """out[b, r, c] = bilinear sample of f (B, h, w, C) at rows (i0, i1, weight wr) and columns
+    (j0, j1, weight wc): rows as ``torch.lerp``, then columns as ATen's bilinear resize."""
+    nb, rows, cols, nc = out.shape
+    tmp = np.empty((f.shape[2], nc), np.float32)
+    one = np.float32(1)
+    for b in range(nb):
+        for r in range(rows):
+            top, bot, t = f[b, i0[r]], f[b, i1[r]], wr[r]
+            if abs(t) < 0.5:
+                for j in range(f.shape[2]):
+                    for ch in range(nc):
+                        tmp[j, ch] = top[j, ch] + t * (bot[j, ch] - top[j, ch])
+            else:
+                for j in range(f.shape[2]):
+                    for ch in range(nc):
+                        tmp[j, ch] = bot[j, ch] - (bot[j, ch] - top[j, ch]) * (one - t)
+            o = out[b, r]
+            for c in range(cols):
+                left, right, u1 = tmp[j0[c]], tmp[j1[c]], wc[c]
+                u0 = one - u1
+                for ch in range(nc):
+                    o[c, ch] = u0 * left[ch] + u1 * right[ch]
+
+
+def resize_channels_last(f: torch.Tensor, rows: tuple, cols: tuple) -> torch.Tensor:
+    """Bilinear resize of a float32 channels-last CPU tensor f (B,C,h,w) to (B,C,R,W), given the
+    source indices and weights of the output rows and columns (``inference._source_rows``), each a
+    triple (i0, i1, weight) of 1-D tensors. The result is channels-last."""
+    b, c = f.shape[:2]
+    out = torch.empty((b, len(rows[0]), len(cols[0]), c), dtype=torch.float32)
+    _resize(f.permute(0, 2, 3, 1).contiguous().numpy(), *(t.numpy() for t in (*rows, *cols)), out.numpy())
     return out.permute(0, 3, 1, 2)

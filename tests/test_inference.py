@@ -1,10 +1,11 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from keynet.inference import (
-    MAP_SCALES, FastKeyNet, _row_bands, downsampled_side, handcrafted_maps, pyrdown as fast_pyrdown, upsampled_side,
+    MAP_SCALES, FastKeyNet, _row_bands, _source_rows, downsampled_side, handcrafted_maps, pyrdown as fast_pyrdown, upsampled_side,
 )
-from keynet.maps_kernel import handcrafted_maps_channels_last
+from keynet.maps_kernel import handcrafted_maps_channels_last, resize_channels_last
 from keynet.model import HandcraftedBlock, build_model, pyrdown
 from keynet.weights import load_model
 
@@ -40,6 +41,17 @@ def test_compiled_maps_equal_the_torch_maps_bit_for_bit(shape):
     maps = handcrafted_maps_channels_last(x)
     assert maps.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(maps, handcrafted_maps(x))
+
+
+@pytest.mark.parametrize("src, dst", [((50, 61), (60, 73)), ((60, 73), (60, 73)), ((41, 30), (59, 43))])
+def test_compiled_resize_equals_interpolate(src, dst):
+    f = torch.rand(2, 8, *src).contiguous(memory_format=torch.channels_last)
+    rows, cols = _source_rows(0, dst[0], src[0], dst[0]), _source_rows(0, dst[1], src[1], dst[1])
+    ours = resize_channels_last(f, rows, cols)
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    # ATen may round a source coordinate (up to 60 here) differently by an ulp (4e-6): values in [0, 1]
+    # then differ by a few 1e-6
+    torch.testing.assert_close(ours, F.interpolate(f, size=dst, mode="bilinear", align_corners=False), rtol=0, atol=1e-5)
 
 
 def test_integer_resized_sides_equal_the_float_rule():

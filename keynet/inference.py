@@ -7,7 +7,11 @@ What changes, and why it is exact in real arithmetic:
   channel sum. oneDNN runs a 24-in/1-out convolution slowly (one output channel fills no vector
   register); the depthwise form is about 4x faster here and needs no 24-channel concat.
 - The fixed filters (Sobel derivatives, the pyramid's binomial blur) are separable: they run as a few
-  shifted adds instead of single-channel convolutions, which oneDNN also runs slowly.
+  shifted adds instead of single-channel convolutions, which oneDNN also runs slowly. On the CPU
+  the 10 handcrafted maps come from one compiled pass written channels-last, and the in-network
+  levels are resized by another (``keynet.maps_kernel``).
+- With AVX512, the 8-channel convolutions run on column pairs (``_pair_columns``): 16 channels
+  fill oneDNN's 16-float vectors, at the price of some products with zero weights.
 - ReLU runs inside oneDNN's convolution (a post-op) instead of as a pass of its own.
 - A convolution with a single output channel (Tiny-Key.Net's blocks) runs as one 1 x k convolution
   with k output channels, one per kernel row, followed by a sum of row-shifted slices.

@@ -274,7 +274,7 @@ class FastKeyNet(nn.Module):
         pair = compiled and self.pair_columns
         if compiled:
             # The same maps, computed in one pass and already channels-last, which saves the first
-            # convolution a reorder that cost about as much as the convolution itself. For column
+            # convolution a reorder that cost almost as much as the convolution itself. For column
             # pairs an odd width gets a zero column, which plays the next convolution's padding.
             f = handcrafted_maps_channels_last(x, even_width=pair).to(self.dtype)
         else:

@@ -5,8 +5,10 @@
 Prints medians (wall-clock seconds), the ratio of each method to its anchor (kornia for Key.Net,
 OpenCV SIFT for Tiny-Key.Net), keypoint agreement with kornia, the network's achieved GFLOP/s as a
 fraction of torch's fp32 matmul GFLOP/s measured in the same run and, with --memory, the peak
-memory of one detection (each in a fresh process). With onnxruntime installed it also times the
-exported network run by onnxruntime, alone and inside detection. Methods are interleaved within each repeat so
+memory of one detection (each in a fresh process). On a CPU with native bfloat16 it also times
+``precision="bfloat16"`` and ``--fast`` and reports the share of float32 keypoints bfloat16 keeps. With
+onnxruntime installed it also times the exported network run by onnxruntime, alone and inside
+detection. Methods are interleaved within each repeat so
 that load from elsewhere on the machine affects all of them alike.
 """
 

@@ -12,6 +12,7 @@ Conventions (stated once for the package):
 from __future__ import annotations
 
 import math
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .io.image import ImageError, load_image, to_float_gray
-from .inference import COMPUTE_DTYPES, FastKeyNet, downsampled_side, pyrdown, upsampled_side
+from .inference import COMPUTE_DTYPES, FastKeyNet, downsampled_side, native_bfloat16, pyrdown, upsampled_side
 from .model import KeyNet
 from .parallel import run_tasks
 from .weights import load_model
@@ -141,6 +142,9 @@ class KeyNetDetector(nn.Module):
         net = network if network is not None else load_model(weights, model)
         if c["precision"] != "float32" and not isinstance(net, KeyNet):
             raise ValueError(f"precision={c['precision']!r} applies to a Key.Net network, not to {type(net).__name__}")
+        if c["precision"] == "bfloat16" and torch.device(device).type == "cpu" and not native_bfloat16():
+            warnings.warn("precision='bfloat16': this CPU has no native bfloat16 (AVX512-BF16 or AMX), so it is "
+                          "emulated and slower than float32", RuntimeWarning, stacklevel=2)
         # A KeyNet runs through its inference form (BatchNorm folded, faster final conv): the same
         # function up to float rounding. Later changes to `net`'s weights are not seen.
         self.net = FastKeyNet(net, COMPUTE_DTYPES[c["precision"]]) if isinstance(net, KeyNet) else net

@@ -189,3 +189,16 @@ def test_bad_precision_is_a_clear_error():
         KeyNetDetector(precision="float16")
     with pytest.raises(ValueError, match="applies to a Key.Net network"):
         KeyNetDetector(network=Identity(), precision="bfloat16")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_emulated_bfloat16_is_warned_about(monkeypatch, native):
+    import warnings
+
+    from keynet import detector
+
+    monkeypatch.setattr(detector, "native_bfloat16", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        KeyNetDetector(precision="bfloat16")
+    assert any("emulated" in str(w.message) for w in caught) == (not native)

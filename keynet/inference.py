@@ -9,7 +9,7 @@ What changes, and why it is exact in real arithmetic:
 - The fixed filters (Sobel derivatives, the pyramid's binomial blur) are separable: they run as a few
   shifted adds instead of single-channel convolutions, which oneDNN also runs slowly. On the CPU
   the 10 handcrafted maps come from one compiled pass written channels-last, and the in-network
-  levels are resized by another (``keynet.maps_kernel``).
+  levels are resized by another (``keynet.kernels``).
 - With AVX512, the 8-channel convolutions run on column pairs (``_pair_columns``): 16 channels
   fill oneDNN's 16-float vectors, at the price of some products with zero weights.
 - ReLU runs inside oneDNN's convolution (a post-op) instead of as a pass of its own.
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .maps_kernel import handcrafted_maps_channels_last, resize_channels_last
+from .kernels import handcrafted_maps_channels_last, resize_channels_last
 from .model import KeyNet
 from .parallel import concurrency, run_tasks
 

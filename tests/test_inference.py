@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from keynet.inference import (
     MAP_SCALES, FastKeyNet, _row_bands, _source_rows, downsampled_side, handcrafted_maps, pyrdown as fast_pyrdown, upsampled_side,
 )
-from keynet.maps_kernel import handcrafted_maps_channels_last, resize_channels_last
+from keynet.kernels import handcrafted_maps_channels_last, resize_channels_last
 from keynet.model import HandcraftedBlock, build_model, pyrdown
 from keynet.weights import load_model
 

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .io.image import ImageError, load_image, to_float_gray
-from .inference import COMPUTE_DTYPES, FastKeyNet, downsampled_side, native_bfloat16, pyrdown, upsampled_side
+from .inference import COMPUTE_DTYPES, FastKeyNet, eager_on_cpu, downsampled_side, native_bfloat16, pyrdown, upsampled_side
+from .kernels import local_maxima
 from .model import KeyNet
 from .parallel import run_tasks
 from .weights import load_model
@@ -321,10 +322,14 @@ class KeyNetDetector(nn.Module):
     def _level_candidates(self, level: torch.Tensor, fx: float, fy: float, mask: torch.Tensor | None) -> torch.Tensor:
         """Maxima of one pyramid level of one image as rows (x, y, scale, score), row-major order."""
         score = self._response(level)
-        keep = self._keep(score, self._maxima(score))
+        c = self.conf
+        if eager_on_cpu(score) and score.dtype == torch.float32:
+            v, u = local_maxima(score[0, 0], c["nms_size"], c["border"], c["score_threshold"])  # row-major
+        else:
+            _, _, v, u = torch.nonzero(self._keep(score, self._maxima(score)), as_tuple=True)  # row-major
         if mask is not None:
-            keep &= self._level_mask(mask, tuple(score.shape[-2:]), fx, fy)
-        _, _, v, u = torch.nonzero(keep, as_tuple=True)  # row-major order
+            inside = self._level_mask(mask, tuple(score.shape[-2:]), fx, fy)[0, 0, v, u]
+            v, u = v[inside], u[inside]
         s = score[0, 0, v, u]
         x = self._map(u.double(), fx)
         y = self._map(v.double(), fy)

@@ -9,12 +9,14 @@ What changes, and why it is exact in real arithmetic:
 - The fixed filters (Sobel derivatives, the pyramid's binomial blur) are separable: they run as a few
   shifted adds instead of single-channel convolutions, which oneDNN also runs slowly. On the CPU
   the 10 handcrafted maps come from one compiled pass written channels-last, and the in-network
-  levels are resized by another (``keynet.kernels``).
+  levels are blurred and resized by others (``keynet.kernels``).
 - With AVX512, the 8-channel convolutions run on column pairs (``_pair_columns``): 16 channels
   fill oneDNN's 16-float vectors, at the price of some products with zero weights.
 - ReLU runs inside oneDNN's convolution (a post-op) instead of as a pass of its own.
 - A convolution with a single output channel (Tiny-Key.Net's blocks) runs as one 1 x k convolution
-  with k output channels, one per kernel row, followed by a sum of row-shifted slices.
+  with k output channels, one per kernel row, followed by a sum of row-shifted slices; on the CPU a
+  first block of one 5x5 filter runs in the compiled pass that makes the maps, and a one-channel
+  final convolution in a compiled pass too.
 - Optionally (``dtype=torch.bfloat16``, not exact) the learned blocks' convolutions run in bfloat16
   with float32 accumulation, which CPUs with AVX512-BF16 or AMX execute several times faster; the
   handcrafted maps, the resampling and the final convolution stay float32.
@@ -33,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import handcrafted_maps_channels_last, resize_channels_last
+from . import kernels
+from .kernels import conv_single_channel, handcrafted_maps_channels_last, resize_channels_last, single_filter_block
 from .model import KeyNet
 from .parallel import concurrency, run_tasks
 
@@ -105,7 +108,10 @@ def upsampled_side(side: int, factor: float) -> int:
 
 def pyrdown(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``model.pyrdown`` to an explicit output ``size`` (h, w), with the 5x5 binomial blur applied as
-    two separable passes."""
+    two separable passes (on the CPU, in one compiled pass with the resize)."""
+    if eager_on_cpu(x) and x.dtype == torch.float32 and x.shape[1] == 1 and min(x.shape[-2:]) >= 3:
+        return kernels.pyrdown(x, _source_rows(0, size[0], x.shape[-2], size[0]),
+                               _source_rows(0, size[1], x.shape[-1], size[1]))
     p = F.pad(x, (2, 2, 2, 2), mode="reflect")
     v = (p[..., :-4, :] + p[..., 4:, :]) + 4 * (p[..., 1:-3, :] + p[..., 3:-1, :]) + 6 * p[..., 2:-2, :]
     b = (v[..., :-4] + v[..., 4:]) + 4 * (v[..., 1:-3] + v[..., 3:-1]) + 6 * v[..., 2:-2]
@@ -137,7 +143,7 @@ def native_bfloat16() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def _eager_on_cpu(x: torch.Tensor) -> bool:
+def eager_on_cpu(x: torch.Tensor) -> bool:
     """Whether ``x`` is on the CPU outside tracing and scripting, where the kernels below, which
     ONNX export cannot record, may be used."""
     return x.device.type == "cpu" and not torch.jit.is_tracing() and not torch.jit.is_scripting()
@@ -185,7 +191,7 @@ def _fused_conv_relu_applies(x: torch.Tensor) -> bool:
     """Whether oneDNN can apply the ReLU inside the convolution (saves a pass over its output):
     float32, or bfloat16 where native, on a CPU with oneDNN, outside tracing (ONNX export sees
     plain conv + ReLU)."""
-    return (_eager_on_cpu(x) and torch.backends.mkldnn.is_available()
+    return (eager_on_cpu(x) and torch.backends.mkldnn.is_available()
             and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and native_bfloat16()))
             and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
 
@@ -216,10 +222,15 @@ class FastKeyNet(nn.Module):
         self.padding = c["kernel_size"] // 2
         blocks = list(net.feature_extractor.lb_block.children())
         self.row_split: list[bool] = []
+        # Whether the first block runs with the maps in one compiled pass (see features)
+        self.single_filter = False
         for i, block in enumerate(blocks):
             w, b = _fold_batchnorm(block[0], block[1])
             if i == 0:
                 w = w / torch.tensor(MAP_SCALES)[None, :, None, None]
+                self.single_filter = dtype == torch.float32 and w.shape[0] == 1 and w.shape[-1] == 5
+                if self.single_filter:
+                    self.register_buffer("single_w", w.clone())
             self.row_split.append(w.shape[0] * w.shape[2] <= _ROW_SPLIT_CHANNELS)
             if self.row_split[-1]:
                 w = _row_split(w)
@@ -270,9 +281,15 @@ class FastKeyNet(nn.Module):
         return _unpaired(_conv2d_relu(_paired(f), w, b, (self.padding, w.shape[-1] // 2)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        compiled = _eager_on_cpu(x) and x.dtype == torch.float32
+        compiled = eager_on_cpu(x) and x.dtype == torch.float32
         pair = compiled and self.pair_columns
-        if compiled:
+        first = 0
+        if compiled and self.single_filter:
+            # A block of one 5x5 filter (Tiny-Key.Net's) runs in the pass that makes the maps:
+            # 250 products a pixel, where oneDNN's convolution (even row-split) wastes most lanes.
+            f = single_filter_block(x, self.single_w, self.b0)
+            first = 1
+        elif compiled:
             # The same maps, computed in one pass and already channels-last, which saves the first
             # convolution a reorder that cost almost as much as the convolution itself. For column
             # pairs an odd width gets a zero column, which plays the next convolution's padding.
@@ -280,7 +297,7 @@ class FastKeyNet(nn.Module):
         else:
             f = handcrafted_maps(x, self.dtype)
         w = x.shape[-1]
-        for i in range(self.num_blocks):
+        for i in range(first, self.num_blocks):
             f = self._paired_conv_relu(f, i) if pair else self._conv_relu(f, i)
             if f.shape[-1] != w:
                 f[..., w:] = 0
@@ -296,6 +313,9 @@ class FastKeyNet(nn.Module):
 
     def _final_term(self, f: torch.Tensor, level: int) -> torch.Tensor:
         """Level ``level``'s share of the final convolution, (B,1,h,w), from its (upsampled) features."""
+        if f.shape[1] == 1 and eager_on_cpu(f) and self.last_weight.shape[-1] <= 5:
+            # one channel (Tiny-Key.Net): oneDNN's convolution fills one lane of sixteen
+            return conv_single_channel(f, self.last_weight[level])
         per_channel = F.conv2d(f, self.last_weight[level], padding=self.last_padding, groups=f.shape[1])
         return per_channel.sum(1, keepdim=True)
 
@@ -382,7 +402,7 @@ def _source_rows(a: int, z: int, src_h: int, dst_h: int) -> tuple[torch.Tensor, 
 
 def _resize_rows(f: torch.Tensor, i0: torch.Tensor, i1: torch.Tensor, weight: torch.Tensor, w: int) -> torch.Tensor:
     """Bilinear resize of (B,C,h,wf) ``f`` to len(i0) rows (given by ``_source_rows``) and ``w`` columns."""
-    if _eager_on_cpu(f) and f.dtype == torch.float32:
+    if eager_on_cpu(f) and f.dtype == torch.float32:
         return resize_channels_last(f, (i0, i1, weight), _source_rows(0, w, f.shape[-1], w))
     i0, i1, weight = i0.to(f.device), i1.to(f.device), weight.to(f.device, f.dtype)
     rows_last = f.permute(0, 2, 3, 1)  # channels-last memory as a contiguous (B,h,wf,C) view

@@ -1,17 +1,21 @@
-"""Compiled (numba) passes of ``FastKeyNet``: the handcrafted maps and the bilinear resize.
+"""Compiled (numba) passes of ``FastKeyNet`` and ``KeyNetDetector`` on the CPU.
 
 The 10 handcrafted maps are computed in one pass per image and written channels-last.
-
 ``inference.handcrafted_maps`` builds the maps from about 30 whole-image PyTorch operations (pads,
 pair sums, differences, products, a concatenation), and the first convolution then reorders the
 10 channel-first maps to channels-last. Here numba computes the same values with the same float32
 operations in the same order, pixel by pixel, and writes each pixel's 10 values next to each other:
 the result equals ``handcrafted_maps`` bit for bit (tested) and is already in the layout oneDNN's
-convolution reads.
+convolution reads. The derivatives are made 32 rows at a time, so their scratch stays in the cache.
 
 The in-network levels' features are resized (rows, then columns, in one pass per output row)
 from channels-last memory, where the row and column gathers and lerps of PyTorch took three passes
-over the upsampled features.
+over the upsampled features. ``pyrdown`` blurs and resizes a level in one pass as well.
+
+Single-channel work, where oneDNN fills one lane of its vectors, runs here instead: a first block of
+one 5x5 filter (Tiny-Key.Net's) together with the maps (``single_filter_block``), a one-channel
+final convolution (``conv_single_channel``), and the detector's non-maxima suppression, which
+returns the maxima's positions directly (``local_maxima``).
 
 The functions release the GIL, so ``keynet.parallel`` runs bands side by side.
 """
@@ -52,36 +56,51 @@ def _sobel8(p: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> None:
 
 
 @numba.njit(nogil=True, cache=True)
-def _maps(x: np.ndarray, out: np.ndarray) -> None:
+def _derivatives(a, p, dx, dy, dxx, dxy, dyx, dyy) -> None:
+    """The first and second derivatives of ``a`` (H, W) as in ``inference.handcrafted_maps``, using
+    ``p`` (H+2, W+2) as scratch."""
+    _pad_replicate(a, p)
+    _sobel8(p, dx, dy)
+    _pad_replicate(dx, p)
+    _sobel8(p, dxx, dxy)
+    _pad_replicate(dy, p)
+    _sobel8(p, dyx, dyy)
+
+
+# Rows of derivatives computed at a time: their scratch (about 30 floats a column) stays in the
+# L2 cache, and is not allocated (and page-faulted) image-sized on every call.
+_CHUNK_ROWS = 32
+
+
+def _scratch(w: int) -> tuple:
+    """The scratch arrays of ``_chunk_derivatives`` for images w columns wide."""
+    return np.empty((_CHUNK_ROWS + 6, w + 2), np.float32), np.empty((6, _CHUNK_ROWS + 4, w), np.float32)
+
+
+@numba.njit(nogil=True, cache=True)
+def _chunk_derivatives(a, lo, hi, p, d) -> int:
+    """Derivatives (dx, dy, dxx, dxy, dyx, dyy) of rows [lo, hi) of ``a`` (H, W) into ``d`` (6, >=
+    hi - lo + 4, W), hi - lo <= ``_CHUNK_ROWS``, equal to those of the whole image: computed from
+    rows [lo - 2, hi + 2), the context the second derivatives read. Returns s0: image row m is at
+    d[:, m - s0]."""
+    h = a.shape[0]
+    s0, s1 = max(0, lo - 2), min(h, hi + 2)
+    n = s1 - s0
+    _derivatives(a[s0:s1], p[: n + 2], d[0, :n], d[1, :n], d[2, :n], d[3, :n], d[4, :n], d[5, :n])
+    return s0
+
+
+@numba.njit(nogil=True, cache=True)
+def _maps(x: np.ndarray, out: np.ndarray, p: np.ndarray, d: np.ndarray) -> None:
     """x (B, H, W) float32 -> out (B, H, >= W, 10) float32, the maps of ``handcrafted_maps`` (columns
-    of ``out`` beyond W are left as they are)."""
+    of ``out`` beyond W are left as they are); p, d: ``_scratch(W)``."""
     b, h, w = x.shape
-    f4 = np.float32
-    p = np.empty((h + 2, w + 2), f4)
-    dx, dy = np.empty((h, w), f4), np.empty((h, w), f4)
-    dxx, dxy = np.empty((h, w), f4), np.empty((h, w), f4)
-    dyx, dyy = np.empty((h, w), f4), np.empty((h, w), f4)
     for i in range(b):
-        _pad_replicate(x[i], p)
-        _sobel8(p, dx, dy)
-        _pad_replicate(dx, p)
-        _sobel8(p, dxx, dxy)
-        _pad_replicate(dy, p)
-        _sobel8(p, dyx, dyy)
-        for r in range(h):
-            o = out[i, r]
-            for c in range(w):
-                gx, gy, gxx, gyy, gxy = dx[r, c], dy[r, c], dxx[r, c], dyy[r, c], dxy[r, c]
-                o[c, 0] = gx
-                o[c, 1] = gy
-                o[c, 2] = gx * gx
-                o[c, 3] = gy * gy
-                o[c, 4] = gx * gy
-                o[c, 5] = gxy
-                o[c, 6] = gxy * gxy
-                o[c, 7] = gxx
-                o[c, 8] = gyy
-                o[c, 9] = gxx * gyy
+        for lo in range(0, h, _CHUNK_ROWS):
+            hi = min(h, lo + _CHUNK_ROWS)
+            s0 = _chunk_derivatives(x[i], lo, hi, p, d)
+            for r in range(lo, hi):
+                _map_row(d, r - s0, out[i, r, :w].T, 0)  # (10, W) view of the row's (W, 10)
 
 
 def handcrafted_maps_channels_last(x: torch.Tensor, even_width: bool = False) -> torch.Tensor:
@@ -91,34 +110,98 @@ def handcrafted_maps_channels_last(x: torch.Tensor, even_width: bool = False) ->
     b, _, h, w = x.shape
     out = torch.empty((b, h, w + (w % 2 if even_width else 0), 10), dtype=torch.float32)
     out[:, :, w:] = 0
-    _maps(x[:, 0].contiguous().numpy(), out.numpy())
+    _maps(x[:, 0].contiguous().numpy(), out.numpy(), *_scratch(w))
     return out.permute(0, 3, 1, 2)
+
+
+@numba.njit(nogil=True, cache=True)
+def _lerp_rows(top, bot, t, tmp) -> None:
+    """tmp = top + t (bot - top) for rows (w, C), as ``torch.lerp`` computes it (from the nearer end)."""
+    a, b, out = top.ravel(), bot.ravel(), tmp.ravel()
+    if abs(t) < 0.5:
+        for j in range(out.shape[0]):
+            out[j] = a[j] + t * (b[j] - a[j])
+    else:
+        one = np.float32(1)
+        for j in range(out.shape[0]):
+            out[j] = b[j] - (b[j] - a[j]) * (one - t)
+
+
+@numba.njit(nogil=True, cache=True)
+def _lerp_columns(tmp, j0, j1, wc, o) -> None:
+    """o[c] = (1 - wc[c]) tmp[j0[c]] + wc[c] tmp[j1[c]] for a row tmp (w, C), as ATen's bilinear resize."""
+    one = np.float32(1)
+    if o.shape[1] == 1:  # one channel: no per-column row views, which cost more than the lerp
+        src, dst = tmp.ravel(), o.ravel()
+        for c in range(dst.shape[0]):
+            dst[c] = (one - wc[c]) * src[j0[c]] + wc[c] * src[j1[c]]
+        return
+    for c in range(o.shape[0]):
+        left, right, u1 = tmp[j0[c]], tmp[j1[c]], wc[c]
+        u0 = one - u1
+        for ch in range(o.shape[1]):
+            o[c, ch] = u0 * left[ch] + u1 * right[ch]
 
 
 @numba.njit(nogil=True, cache=True)
 def _resize(f, i0, i1, wr, j0, j1, wc, out) -> None:
     """out[b, r, c] = bilinear sample of f (B, h, w, C) at rows (i0, i1, weight wr) and columns
     (j0, j1, weight wc): rows as ``torch.lerp``, then columns as ATen's bilinear resize."""
-    nb, rows, cols, nc = out.shape
-    tmp = np.empty((f.shape[2], nc), np.float32)
-    one = np.float32(1)
-    for b in range(nb):
-        for r in range(rows):
-            top, bot, t = f[b, i0[r]], f[b, i1[r]], wr[r]
-            if abs(t) < 0.5:
-                for j in range(f.shape[2]):
-                    for ch in range(nc):
-                        tmp[j, ch] = top[j, ch] + t * (bot[j, ch] - top[j, ch])
-            else:
-                for j in range(f.shape[2]):
-                    for ch in range(nc):
-                        tmp[j, ch] = bot[j, ch] - (bot[j, ch] - top[j, ch]) * (one - t)
-            o = out[b, r]
-            for c in range(cols):
-                left, right, u1 = tmp[j0[c]], tmp[j1[c]], wc[c]
-                u0 = one - u1
-                for ch in range(nc):
-                    o[c, ch] = u0 * left[ch] + u1 * right[ch]
+    tmp = np.empty((f.shape[2], out.shape[3]), np.float32)
+    for b in range(out.shape[0]):
+        for r in range(out.shape[1]):
+            _lerp_rows(f[b, i0[r]], f[b, i1[r]], wr[r], tmp)
+            _lerp_columns(tmp, j0, j1, wc, out[b, r])
+
+
+@numba.njit(nogil=True, cache=True)
+def _reflect(j, n):
+    """Index j of a reflect-padded axis of n >= 3 (-1 -> 1, n -> n - 2), for |overhang| <= 2."""
+    j = abs(j)
+    return 2 * (n - 1) - j if j > n - 1 else j
+
+
+@numba.njit(nogil=True, cache=True)
+def _blur_row(x, j, vert, dst) -> None:
+    """Row j of x (H, W) blurred by the 5x5 binomial kernel with reflected borders, into dst (W,):
+    the operations of ``inference.pyrdown`` in its order. vert: scratch (W + 4,)."""
+    h, w = x.shape
+    a, b, c, d, e = x[_reflect(j - 2, h)], x[_reflect(j - 1, h)], x[j], x[_reflect(j + 1, h)], x[_reflect(j + 2, h)]
+    four, six = np.float32(4), np.float32(6)
+    for u in range(w):
+        vert[u + 2] = (a[u] + e[u]) + four * (b[u] + d[u]) + six * c[u]
+    vert[0], vert[1], vert[w + 2], vert[w + 3] = vert[4], vert[3], vert[w], vert[w - 1]
+    scale = np.float32(1.0 / 256.0)
+    for u in range(w):
+        dst[u] = ((vert[u] + vert[u + 4]) + four * (vert[u + 1] + vert[u + 3]) + six * vert[u + 2]) * scale
+
+
+@numba.njit(nogil=True, cache=True)
+def _pyrdown(x, i0, i1, wr, j0, j1, wc, out) -> None:
+    """out (B, R, C) = x (B, H, W) blurred (``_blur_row``), then resized as ``_resize``. Each output
+    row blurs only the two source rows it reads, kept in slots by parity for the next output row."""
+    h, w = x.shape[1:]
+    vert = np.empty(w + 4, np.float32)
+    blurred = np.empty((2, w, 1), np.float32)
+    tmp = np.empty((w, 1), np.float32)
+    held = np.empty(2, np.int64)  # the source row in each slot
+    for b in range(out.shape[0]):
+        held[:] = -1
+        for r in range(out.shape[1]):
+            for j in (i0[r], i1[r]):
+                if held[j % 2] != j:
+                    _blur_row(x[b], j, vert, blurred[j % 2, :, 0])
+                    held[j % 2] = j
+            _lerp_rows(blurred[i0[r] % 2], blurred[i1[r] % 2], wr[r], tmp)
+            _lerp_columns(tmp, j0, j1, wc, out[b, r].reshape((out.shape[2], 1)))
+
+
+def pyrdown(x: torch.Tensor, rows: tuple, cols: tuple) -> torch.Tensor:
+    """``inference.pyrdown`` of a float32 CPU tensor x (B,1,H,W), H, W >= 3, given the source indices
+    and weights of the output rows and columns (``inference._source_rows``): (B,1,R,C)."""
+    out = torch.empty((x.shape[0], len(rows[0]), len(cols[0])), dtype=torch.float32)
+    _pyrdown(x[:, 0].contiguous().numpy(), *(t.numpy() for t in (*rows, *cols)), out.numpy())
+    return out[:, None]
 
 
 def resize_channels_last(f: torch.Tensor, rows: tuple, cols: tuple) -> torch.Tensor:
@@ -129,3 +212,150 @@ def resize_channels_last(f: torch.Tensor, rows: tuple, cols: tuple) -> torch.Ten
     out = torch.empty((b, len(rows[0]), len(cols[0]), c), dtype=torch.float32)
     _resize(f.permute(0, 2, 3, 1).contiguous().numpy(), *(t.numpy() for t in (*rows, *cols)), out.numpy())
     return out.permute(0, 3, 1, 2)
+
+
+@numba.njit(nogil=True, cache=True)
+def _single_filter(x, weight, bias, out, p, d) -> None:
+    """out (B, H, W) = relu(bias + conv2d(maps(x), weight, zero padding 2)) for x (B, H, W) and
+    weight (10, 5, 5), the maps as in ``_maps``; p, d: ``_scratch(W)``. The maps' rows are made one
+    at a time into a ring of the 5 that an output row reads, and each output row sums its 250
+    products column-vectorised, 5 taps per pass over the row."""
+    b, h, w = x.shape
+    ring = np.zeros((5, 10, w + 4), np.float32)  # the maps' rows, as in _add_conv_row
+    for i in range(b):
+        s0 = 0
+        for m in range(h + 2):
+            if m < h:
+                if m % _CHUNK_ROWS == 0:
+                    s0 = _chunk_derivatives(x[i], m, min(h, m + _CHUNK_ROWS), p, d)
+                _map_row(d, m - s0, ring[m % 5], 2)
+            if m >= 2:  # output row m - 2 has its rows
+                acc = out[i, m - 2]
+                acc[:] = bias
+                _add_conv_row(acc, ring, weight, m - 2, h)
+                for c in range(w):
+                    acc[c] = max(acc[c], np.float32(0))
+
+
+@numba.njit(nogil=True, cache=True)
+def _add_conv_row(acc, ring, weight, o, h) -> None:
+    """acc (W,) += row o of conv2d(rows, weight (C, 5, 5)) with zero padding 2, for an image of h
+    rows of which ``ring`` (5, C, W + 4) holds rows o - 2 .. o + 2 (row m in slot m % 5, from
+    column 2, zeros in the two columns at each side)."""
+    for t in range(5):
+        row = o + t - 2
+        if 0 <= row < h:  # rows outside are the zero padding
+            for ch in range(ring.shape[1]):
+                _add_taps(acc, ring[row % 5, ch], weight[ch, t])
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"})
+def _add_taps(acc, src, wt) -> None:
+    """acc[c] += sum_d wt[d] * src[c + d] for the 5 taps of one kernel row."""
+    w0, w1, w2, w3, w4 = wt[0], wt[1], wt[2], wt[3], wt[4]
+    for c in range(acc.shape[0]):
+        acc[c] += w0 * src[c] + w1 * src[c + 1] + w2 * src[c + 2] + w3 * src[c + 3] + w4 * src[c + 4]
+
+
+@numba.njit(nogil=True, cache=True)
+def _map_row(d, j, dst, r) -> None:
+    """The 10 maps (``_maps``'s channel order) of derivative row j of ``d`` (``_chunk_derivatives``)
+    into dst (10, W + 2r) from column r."""
+    dx, dy, dxx, dxy, dyy = d[0, j], d[1, j], d[2, j], d[3, j], d[5, j]
+    for c in range(dx.shape[0]):
+        gx, gy, gxx, gyy, gxy = dx[c], dy[c], dxx[c], dyy[c], dxy[c]
+        dst[0, r + c] = gx
+        dst[1, r + c] = gy
+        dst[2, r + c] = gx * gx
+        dst[3, r + c] = gy * gy
+        dst[4, r + c] = gx * gy
+        dst[5, r + c] = gxy
+        dst[6, r + c] = gxy * gxy
+        dst[7, r + c] = gxx
+        dst[8, r + c] = gyy
+        dst[9, r + c] = gxx * gyy
+
+
+def single_filter_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """relu(conv2d(handcrafted_maps(x), weight, bias, padding=2)) for a float32 CPU tensor x
+    (B,1,H,W) and one 5x5 filter, weight (1, 10, 5, 5) (for maps scaled by ``MAP_SCALES``), bias (1,):
+    (B,1,H,W), Tiny-Key.Net's learned block in one pass. Equal to the PyTorch form up to the order
+    of the float sums."""
+    b, _, h, w = x.shape
+    out = torch.empty((b, h, w), dtype=torch.float32)
+    _single_filter(x[:, 0].contiguous().numpy(), weight[0].float().contiguous().numpy(), float(bias[0]), out.numpy(),
+                   *_scratch(w))
+    return out[:, None]
+
+
+@numba.njit(nogil=True, cache=True)
+def _conv_single_channel(f, weight, out) -> None:
+    """out (B, H, W) = conv2d(f (B, H, W), weight (1, 5, 5)) with zero padding 2."""
+    b, h, w = f.shape
+    ring = np.zeros((5, 1, w + 4), np.float32)  # as in _add_conv_row
+    for i in range(b):
+        for m in range(h + 2):
+            if m < h:
+                ring[m % 5, 0, 2 : 2 + w] = f[i, m]
+            if m >= 2:  # output row m - 2 has its rows
+                out[i, m - 2] = 0
+                _add_conv_row(out[i, m - 2], ring, weight, m - 2, h)
+
+
+def conv_single_channel(f: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """conv2d(f, weight, padding=k // 2) for a float32 CPU tensor f (B,1,H,W) and one odd k x k
+    filter, k <= 5 (a smaller one runs inside a 5x5 of zeros, which adds exact zeros)."""
+    k = weight.shape[-1]
+    if k % 2 == 0 or k > 5:
+        raise ValueError(f"kernel must be odd and at most 5x5, got {tuple(weight.shape)}")
+    w5 = torch.zeros(1, 5, 5)
+    w5[0, (5 - k) // 2 : (5 + k) // 2, (5 - k) // 2 : (5 + k) // 2] = weight.reshape(k, k)
+    b, _, h, w = f.shape
+    out = torch.empty((b, h, w), dtype=torch.float32)
+    _conv_single_channel(f[:, 0].contiguous().numpy(), w5.numpy(), out.numpy())
+    return out[:, None]
+
+
+@numba.njit(nogil=True, cache=True)
+def _local_maxima(score, r, border, threshold, rows, cols) -> int:
+    """Writes the positions (row-major) of the strict maxima of ``score`` (H, W) in windows of
+    radius r clipped at the edges, above ``threshold`` and at least ``border`` pixels from the
+    edges, into rows, cols; returns their count. The 3x3 neighbours are tested first: most pixels
+    fail there, and a maximum's test stops at the first neighbour that is not below it."""
+    h, w = score.shape
+    n = 0
+    for v in range(border, h - border):
+        for u in range(border, w - border):
+            s = score[v, u]
+            if not s > threshold:
+                continue
+            if _beaten(score, s, v, u, min(r, 1)) or (r > 1 and _beaten(score, s, v, u, r)):
+                continue
+            rows[n], cols[n] = v, u
+            n += 1
+    return n
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _beaten(score, s, v, u, r) -> bool:
+    """Whether a value other than the centre's within radius r of (v, u) is >= s."""
+    h, w = score.shape
+    for y in range(max(0, v - r), min(h, v + r + 1)):
+        row = score[y]
+        for x in range(max(0, u - r), min(w, u + r + 1)):
+            if row[x] >= s and (y != v or x != u):
+                return True
+    return False
+
+
+def local_maxima(score: torch.Tensor, size: int, border: int, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns (int64, row-major order) where a float32 CPU (H, W) ``score`` is
+    ``detector.strict_maxima(score, size)``, above ``threshold`` and ``border`` pixels or more from
+    the edges: one pass, no boolean maps."""
+    h, w = score.shape
+    r = size // 2
+    # strict maxima are more than r apart in rows or columns, so at most this many
+    bound = -(-h // (r + 1)) * -(-w // (r + 1))
+    rows, cols = torch.empty(bound, dtype=torch.int64), torch.empty(bound, dtype=torch.int64)
+    n = _local_maxima(score.contiguous().numpy(), r, border, float(threshold), rows.numpy(), cols.numpy())
+    return rows[:n], cols[:n]

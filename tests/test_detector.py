@@ -6,6 +6,7 @@ from torch import nn
 
 from keynet import KeyNetDetector
 from keynet.detector import strict_maxima
+from keynet.kernels import local_maxima
 from keynet.weights import load_model, load_state_dict_file
 
 from .conftest import Identity, found_in, read_gray
@@ -43,6 +44,19 @@ def test_strict_maxima_matches_brute_force(size):
     a = torch.randint(0, 6, (1, 1, 23, 31), generator=g).float()  # many ties
     got = strict_maxima(a, size)[0, 0].numpy()
     np.testing.assert_array_equal(got, brute_force_strict_maxima(a[0, 0].numpy(), size))
+
+
+@pytest.mark.parametrize("size, border, threshold", [(1, 0, 0.0), (3, 2, 2.0), (9, 0, 0.0), (15, 4, 1.0), (15, 15, 0.0)])
+def test_compiled_local_maxima_match_brute_force(size, border, threshold):
+    g = torch.Generator().manual_seed(size + border)
+    a = torch.randint(0, 6, (37, 41), generator=g).float()  # many ties
+    keep = brute_force_strict_maxima(a.numpy(), size) & (a.numpy() > threshold)
+    inside = np.zeros_like(keep)
+    inside[border : 37 - border, border : 41 - border] = True
+    rows, cols = np.nonzero(keep & inside)  # row-major
+    got = local_maxima(a, size, border, threshold)
+    np.testing.assert_array_equal(got[0].numpy(), rows)
+    np.testing.assert_array_equal(got[1].numpy(), cols)
 
 
 @pytest.mark.parametrize("image", ["oxford_affine/graf/img1.png", "hpatches/v_dogman/1.png"])

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from keynet.inference import (
     MAP_SCALES, FastKeyNet, _row_bands, _source_rows, downsampled_side, handcrafted_maps, pyrdown as fast_pyrdown, upsampled_side,
 )
-from keynet.kernels import handcrafted_maps_channels_last, resize_channels_last
+from keynet import kernels
+from keynet.kernels import conv_single_channel, handcrafted_maps_channels_last, resize_channels_last, single_filter_block
 from keynet.model import HandcraftedBlock, build_model, pyrdown
 from keynet.weights import load_model
 
@@ -41,6 +42,32 @@ def test_compiled_maps_equal_the_torch_maps_bit_for_bit(shape):
     maps = handcrafted_maps_channels_last(x)
     assert maps.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(maps, handcrafted_maps(x))
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 57, 71), (1, 1, 3, 4), (1, 1, 1, 6), (1, 1, 40, 1), (1, 1, 70, 33)])
+def test_compiled_single_filter_block_equals_conv_of_the_maps(shape):
+    g = torch.Generator().manual_seed(shape[-1])
+    x = torch.rand(shape, generator=g)
+    w, b = torch.randn(1, 10, 5, 5, generator=g) / torch.tensor(MAP_SCALES)[:, None, None], torch.tensor([0.05])
+    ref = F.conv2d(handcrafted_maps(x), w, b, padding=2).relu()
+    ours = single_filter_block(x, w, b)
+    assert (ref > 0).any() and (ref == 0).any()
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("shape, factor", [((2, 1, 57, 71), 1.2), ((1, 1, 3, 4), 1.2), ((1, 1, 300, 7), 2**0.5)])
+def test_compiled_pyrdown_equals_the_model_pyrdown(shape, factor):
+    x = torch.rand(shape)
+    size = (downsampled_side(shape[2], factor), downsampled_side(shape[3], factor))
+    rows, cols = _source_rows(0, size[0], shape[2], size[0]), _source_rows(0, size[1], shape[3], size[1])
+    torch.testing.assert_close(kernels.pyrdown(x, rows, cols), pyrdown(x, factor), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_compiled_single_channel_conv_equals_conv2d(k):
+    g = torch.Generator().manual_seed(k)
+    f, w = torch.rand(2, 1, 31, 45, generator=g), torch.randn(1, 1, k, k, generator=g)
+    torch.testing.assert_close(conv_single_channel(f, w), F.conv2d(f, w, padding=k // 2), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("src, dst", [((50, 61), (60, 73)), ((60, 73), (60, 73)), ((41, 30), (59, 43))])

@@ -6,10 +6,10 @@ Prints medians (wall-clock seconds), the ratio of each method to its anchor (kor
 OpenCV SIFT for Tiny-Key.Net), keypoint agreement with kornia, the network's achieved GFLOP/s as a
 fraction of torch's fp32 matmul GFLOP/s measured in the same run and, with --memory, the peak
 memory of one detection (each in a fresh process). On a CPU with native bfloat16 it also times
-``precision="bfloat16"`` and ``--fast`` and reports the share of float32 keypoints bfloat16 keeps. With
-onnxruntime installed it also times the exported network run by onnxruntime, alone and inside
-detection. Methods are interleaved within each repeat so
-that load from elsewhere on the machine affects all of them alike.
+``precision="bfloat16"`` (``--fast``), also with ``up_levels=0``, and reports the share of float32
+keypoints bfloat16 keeps. With onnxruntime installed it also times the exported network run by
+onnxruntime, alone and inside detection. Methods are interleaved within each repeat so that load
+from elsewhere on the machine affects all of them alike.
 """
 
 from __future__ import annotations
@@ -160,9 +160,9 @@ def build_methods(image: np.ndarray, onnx_dir: Path | None) -> dict[str, Callabl
     ours_net_bf16 = FastKeyNet(load_model(ref), torch.bfloat16)
     ours_compat = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, compat="kornia")
     ours = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS)
-    fast = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, up_levels=0)
+    no_up = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, up_levels=0)
     bf16 = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, precision="bfloat16")
-    fast_bf16 = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, up_levels=0, precision="bfloat16")
+    no_up_bf16 = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, up_levels=0, precision="bfloat16")
     sift = cv2.SIFT_create(nfeatures=NUM_KEYPOINTS)
     methods = {
         "kornia KeyNet response": lambda: kornia_net(x),
@@ -171,13 +171,13 @@ def build_methods(image: np.ndarray, onnx_dir: Path | None) -> dict[str, Callabl
         "keynet detect compat=kornia": lambda: ours_compat.detect(x),
         "keynet detect": lambda: ours.detect(x),
         "keynet detect, intra-op threads only": lambda: detect_without_tasks(ours, x),
-        "keynet detect fast (up_levels=0)": lambda: fast.detect(x),
+        "keynet detect up_levels=0": lambda: no_up.detect(x),
         "OpenCV SIFT detect": lambda: sift.detect(u8, None),
     }
     if native_bfloat16():  # emulated elsewhere, and slower than float32
         methods["keynet response bfloat16"] = lambda: ours_net_bf16(x)
-        methods["keynet detect bfloat16"] = lambda: bf16.detect(x)
-        methods["keynet detect --fast (up_levels=0, bf16)"] = lambda: fast_bf16.detect(x)
+        methods["keynet detect bfloat16 (--fast)"] = lambda: bf16.detect(x)
+        methods["keynet detect up_levels=0, bfloat16"] = lambda: no_up_bf16.detect(x)
     if onnx_dir is not None:
         from keynet.export import OnnxDetector, OnnxResponse
 
@@ -276,22 +276,22 @@ def main() -> None:
                    "keynet detect compat=kornia": "kornia KeyNetDetector",
                    "keynet detect": "kornia KeyNetDetector",
                    "keynet detect, intra-op threads only": "kornia KeyNetDetector",
-                   "keynet detect fast (up_levels=0)": "kornia KeyNetDetector",
+                   "keynet detect up_levels=0": "kornia KeyNetDetector",
                    "keynet response bfloat16": "kornia KeyNet response",
-                   "keynet detect bfloat16": "kornia KeyNetDetector",
-                   "keynet detect --fast (up_levels=0, bf16)": "kornia KeyNetDetector",
+                   "keynet detect bfloat16 (--fast)": "kornia KeyNetDetector",
+                   "keynet detect up_levels=0, bfloat16": "kornia KeyNetDetector",
                    "keynet tiny detect": "OpenCV SIFT detect"}
         det = KeyNetDetector(weights=reference_weights_path())
-        fast = KeyNetDetector(weights=reference_weights_path(), up_levels=0)
+        no_up = KeyNetDetector(weights=reference_weights_path(), up_levels=0)
         flops = {"keynet response": network_flops(conf, h, w),
                  "onnxruntime response": network_flops(conf, h, w),
                  "keynet detect compat=kornia": detector_flops(det, conf, h, w),
                  "keynet detect": detector_flops(det, conf, h, w),
                  "keynet detect, intra-op threads only": detector_flops(det, conf, h, w),
-                 "keynet detect fast (up_levels=0)": detector_flops(fast, conf, h, w),
+                 "keynet detect up_levels=0": detector_flops(no_up, conf, h, w),
                  "keynet response bfloat16": network_flops(conf, h, w),
-                 "keynet detect bfloat16": detector_flops(det, conf, h, w),
-                 "keynet detect --fast (up_levels=0, bf16)": detector_flops(fast, conf, h, w),
+                 "keynet detect bfloat16 (--fast)": detector_flops(det, conf, h, w),
+                 "keynet detect up_levels=0, bfloat16": detector_flops(no_up, conf, h, w),
                  "keynet detect, onnxruntime network": detector_flops(det, conf, h, w),
                  "onnxruntime detection graph": detector_flops(det, conf, h, w)}
         for name, t in med.items():

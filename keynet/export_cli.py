@@ -16,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="export detection up to the global top-k instead of the response network")
     p.add_argument("--num-keypoints", type=int, default=2048, help="with --detection: K of the top-k")
     p.add_argument("--compat", choices=["kornia"], default=None, help="with --detection: kornia's level-to-image mapping")
-    p.add_argument("--fast", action="store_true", help="with --detection: skip the upsampled pyramid level")
+    p.add_argument("--up-levels", type=int, choices=[0, 1], default=None,
+                   help="with --detection: pyramid levels upsampled above full resolution (default 1)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -34,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
         det = None
         if args.detection:
             det = KeyNetDetector(network=net, num_keypoints=args.num_keypoints, compat=args.compat,
-                                 **({"up_levels": 0} if args.fast else {}))
+                                 **({} if args.up_levels is None else {"up_levels": args.up_levels}))
     except (FileNotFoundError, ValueError) as e:
         print(f"keynet: {e}", file=sys.stderr)
         return 2

@@ -58,14 +58,14 @@ def test_console_script_help():
     assert r.returncode == 0 and "--num-keypoints" in r.stdout
 
 
-def test_fast_mode_skips_the_upsampled_level(tmp_path, images, reference_weights):
+def test_up_levels_0_skips_the_upsampled_level(tmp_path, images, reference_weights):
     out = tmp_path / "out"
-    for flag, sub in (([], "exact"), (["--fast"], "fast")):
+    for flag, sub in (([], "exact"), (["--up-levels", "0"], "no_up")):
         rc = main(["detect", str(images / "a.png"), "--out", str(out / sub), "--weights", str(reference_weights), *flag])
         assert rc == 0
-    exact, fast = np.load(out / "exact/a.npz"), np.load(out / "fast/a.npz")
+    exact, no_up = np.load(out / "exact/a.npz"), np.load(out / "no_up/a.npz")
     assert exact["scales"].min() < 22 - 1e-3  # the upsampled level's radius, 22 / 1.41
-    assert fast["scales"].min() >= 22 - 1e-4
+    assert no_up["scales"].min() >= 22 - 1e-4
 
 
 def test_export_writes_a_working_onnx_network_and_detector(tmp_path, reference_weights, data_dir):
@@ -101,8 +101,10 @@ def test_fast_uses_bfloat16_only_where_native(monkeypatch, native):
     from keynet import detect_cli, inference
 
     monkeypatch.setattr(inference, "native_bfloat16", lambda: native)
-    options = lambda **kw: detect_cli.detector_speed_options(argparse.Namespace(**{"fast": False, "precision": None, **kw}))
+    options = lambda **kw: detect_cli.detector_speed_options(
+        argparse.Namespace(**{"fast": False, "precision": None, "up_levels": None, **kw}))
     assert options() == {}
-    assert options(fast=True) == {"up_levels": 0, **({"precision": "bfloat16"} if native else {})}
-    assert options(fast=True, precision="float32") == {"up_levels": 0, "precision": "float32"}
+    assert options(fast=True) == ({"precision": "bfloat16"} if native else {})
+    assert options(fast=True, precision="float32") == {"precision": "float32"}
     assert options(precision="bfloat16") == {"precision": "bfloat16"}
+    assert options(fast=True, up_levels=0) == {"up_levels": 0, **({"precision": "bfloat16"} if native else {})}

@@ -313,7 +313,7 @@ class FastKeyNet(nn.Module):
 
     def _final_term(self, f: torch.Tensor, level: int) -> torch.Tensor:
         """Level ``level``'s share of the final convolution, (B,1,h,w), from its (upsampled) features."""
-        if f.shape[1] == 1 and eager_on_cpu(f) and self.last_weight.shape[-1] <= 5:
+        if f.shape[1] == 1 and eager_on_cpu(f) and self.last_weight.shape[-1] in (1, 3, 5):
             # one channel (Tiny-Key.Net): oneDNN's convolution fills one lane of sixteen
             return conv_single_channel(f, self.last_weight[level])
         per_channel = F.conv2d(f, self.last_weight[level], padding=self.last_padding, groups=f.shape[1])

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 @numba.njit(nogil=True, cache=True)
@@ -239,14 +240,26 @@ def _single_filter(x, weight, bias, out, p, d) -> None:
 
 @numba.njit(nogil=True, cache=True)
 def _add_conv_row(acc, ring, weight, o, h) -> None:
-    """acc (W,) += row o of conv2d(rows, weight (C, 5, 5)) with zero padding 2, for an image of h
-    rows of which ``ring`` (5, C, W + 4) holds rows o - 2 .. o + 2 (row m in slot m % 5, from
-    column 2, zeros in the two columns at each side)."""
-    for t in range(5):
-        row = o + t - 2
+    """acc (W,) += row o of conv2d(rows, weight (C, k, k)), k = 5 or 3, with zero padding k // 2,
+    for an image of h rows of which ``ring`` (5, C, W + 4) holds rows o - 2 .. o + 2 (row m in slot
+    m % 5, from column 2, zeros in the two columns at each side)."""
+    k = weight.shape[1]
+    for t in range(k):
+        row = o + t - k // 2
         if 0 <= row < h:  # rows outside are the zero padding
             for ch in range(ring.shape[1]):
-                _add_taps(acc, ring[row % 5, ch], weight[ch, t])
+                if k == 5:
+                    _add_taps(acc, ring[row % 5, ch], weight[ch, t])
+                else:
+                    _add_taps3(acc, ring[row % 5, ch, 1:], weight[ch, t])
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"})
+def _add_taps3(acc, src, wt) -> None:
+    """acc[c] += sum_d wt[d] * src[c + d] for the 3 taps of one kernel row."""
+    w0, w1, w2 = wt[0], wt[1], wt[2]
+    for c in range(acc.shape[0]):
+        acc[c] += w0 * src[c] + w1 * src[c + 1] + w2 * src[c + 2]
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"contract"})
@@ -290,7 +303,7 @@ def single_filter_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
 @numba.njit(nogil=True, cache=True)
 def _conv_single_channel(f, weight, out) -> None:
-    """out (B, H, W) = conv2d(f (B, H, W), weight (1, 5, 5)) with zero padding 2."""
+    """out (B, H, W) = conv2d(f (B, H, W), weight (1, k, k)), k = 5 or 3, with zero padding k // 2."""
     b, h, w = f.shape
     ring = np.zeros((5, 1, w + 4), np.float32)  # as in _add_conv_row
     for i in range(b):
@@ -303,16 +316,17 @@ def _conv_single_channel(f, weight, out) -> None:
 
 
 def conv_single_channel(f: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """conv2d(f, weight, padding=k // 2) for a float32 CPU tensor f (B,1,H,W) and one odd k x k
-    filter, k <= 5 (a smaller one runs inside a 5x5 of zeros, which adds exact zeros)."""
+    """conv2d(f, weight, padding=k // 2) for a float32 CPU tensor f (B,1,H,W) and one k x k filter,
+    k = 1, 3 or 5 (a 1x1 one runs as the centre of a 3x3 of zeros, which adds exact zeros)."""
     k = weight.shape[-1]
-    if k % 2 == 0 or k > 5:
-        raise ValueError(f"kernel must be odd and at most 5x5, got {tuple(weight.shape)}")
-    w5 = torch.zeros(1, 5, 5)
-    w5[0, (5 - k) // 2 : (5 + k) // 2, (5 - k) // 2 : (5 + k) // 2] = weight.reshape(k, k)
+    if k not in (1, 3, 5):
+        raise ValueError(f"kernel must be 1x1, 3x3 or 5x5, got {tuple(weight.shape)}")
+    if k == 1:
+        weight = F.pad(weight.reshape(1, 1, 1, 1), (1, 1, 1, 1))
     b, _, h, w = f.shape
     out = torch.empty((b, h, w), dtype=torch.float32)
-    _conv_single_channel(f[:, 0].contiguous().numpy(), w5.numpy(), out.numpy())
+    _conv_single_channel(f[:, 0].contiguous().numpy(), weight.reshape(1, *weight.shape[-2:]).float().contiguous().numpy(),
+                         out.numpy())
     return out[:, None]
 
 

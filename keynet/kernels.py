@@ -8,14 +8,15 @@ operations in the same order, pixel by pixel, and writes each pixel's 10 values 
 the result equals ``handcrafted_maps`` bit for bit (tested) and is already in the layout oneDNN's
 convolution reads. The derivatives are made 32 rows at a time, so their scratch stays in the cache.
 
-The in-network levels' features are resized (rows, then columns, in one pass per output row)
-from channels-last memory, where the row and column gathers and lerps of PyTorch took three passes
-over the upsampled features. ``pyrdown`` blurs and resizes a level in one pass as well.
+The final convolution reads the in-network levels' features resized to the image grid: ``_final``
+makes each resized row once (rows as ``torch.lerp``, columns as ATen's bilinear resize), planar,
+into a ring of the five rows that an output row reads, and sums the convolution there, without
+storing the upsampled features or running a depthwise convolution and a channel sum.
+``pyrdown`` blurs and resizes a pyramid level in one pass as well.
 
-Single-channel work, where oneDNN fills one lane of its vectors, runs here instead: a first block of
-one 5x5 filter (Tiny-Key.Net's) together with the maps (``single_filter_block``), a one-channel
-final convolution (``conv_single_channel``), and the detector's non-maxima suppression, which
-returns the maxima's positions directly (``local_maxima``).
+A first block of one 5x5 filter (Tiny-Key.Net's), where oneDNN fills one lane of its vectors, runs
+together with the maps (``single_filter_block``); the detector's non-maxima suppression returns the
+maxima's positions directly (``local_maxima``).
 
 The functions release the GIL, so ``keynet.parallel`` runs bands side by side.
 """
@@ -25,7 +26,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 @numba.njit(nogil=True, cache=True)
@@ -116,43 +116,24 @@ def handcrafted_maps_channels_last(x: torch.Tensor, even_width: bool = False) ->
 
 
 @numba.njit(nogil=True, cache=True)
-def _lerp_rows(top, bot, t, tmp) -> None:
-    """tmp = top + t (bot - top) for rows (w, C), as ``torch.lerp`` computes it (from the nearer end)."""
-    a, b, out = top.ravel(), bot.ravel(), tmp.ravel()
+def _lerp_rows(top, bot, t, out) -> None:
+    """out = top + t (bot - top) for rows (w,), as ``torch.lerp`` computes it (from the nearer end)."""
     if abs(t) < 0.5:
         for j in range(out.shape[0]):
-            out[j] = a[j] + t * (b[j] - a[j])
+            out[j] = top[j] + t * (bot[j] - top[j])
     else:
         one = np.float32(1)
         for j in range(out.shape[0]):
-            out[j] = b[j] - (b[j] - a[j]) * (one - t)
+            out[j] = bot[j] - (bot[j] - top[j]) * (one - t)
 
 
 @numba.njit(nogil=True, cache=True)
-def _lerp_columns(tmp, j0, j1, wc, o) -> None:
-    """o[c] = (1 - wc[c]) tmp[j0[c]] + wc[c] tmp[j1[c]] for a row tmp (w, C), as ATen's bilinear resize."""
+def _lerp_columns(src, j0, j1, wc, dst) -> None:
+    """dst[c] = (1 - wc[c]) src[j0[c]] + wc[c] src[j1[c]] for rows of one channel, as ATen's bilinear
+    resize."""
     one = np.float32(1)
-    if o.shape[1] == 1:  # one channel: no per-column row views, which cost more than the lerp
-        src, dst = tmp.ravel(), o.ravel()
-        for c in range(dst.shape[0]):
-            dst[c] = (one - wc[c]) * src[j0[c]] + wc[c] * src[j1[c]]
-        return
-    for c in range(o.shape[0]):
-        left, right, u1 = tmp[j0[c]], tmp[j1[c]], wc[c]
-        u0 = one - u1
-        for ch in range(o.shape[1]):
-            o[c, ch] = u0 * left[ch] + u1 * right[ch]
-
-
-@numba.njit(nogil=True, cache=True)
-def _resize(f, i0, i1, wr, j0, j1, wc, out) -> None:
-    """out[b, r, c] = bilinear sample of f (B, h, w, C) at rows (i0, i1, weight wr) and columns
-    (j0, j1, weight wc): rows as ``torch.lerp``, then columns as ATen's bilinear resize."""
-    tmp = np.empty((f.shape[2], out.shape[3]), np.float32)
-    for b in range(out.shape[0]):
-        for r in range(out.shape[1]):
-            _lerp_rows(f[b, i0[r]], f[b, i1[r]], wr[r], tmp)
-            _lerp_columns(tmp, j0, j1, wc, out[b, r])
+    for c in range(dst.shape[0]):
+        dst[c] = (one - wc[c]) * src[j0[c]] + wc[c] * src[j1[c]]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -179,22 +160,22 @@ def _blur_row(x, j, vert, dst) -> None:
 
 @numba.njit(nogil=True, cache=True)
 def _pyrdown(x, i0, i1, wr, j0, j1, wc, out) -> None:
-    """out (B, R, C) = x (B, H, W) blurred (``_blur_row``), then resized as ``_resize``. Each output
+    """out (B, R, C) = x (B, H, W) blurred (``_blur_row``), then resized bilinearly. Each output
     row blurs only the two source rows it reads, kept in slots by parity for the next output row."""
     h, w = x.shape[1:]
     vert = np.empty(w + 4, np.float32)
-    blurred = np.empty((2, w, 1), np.float32)
-    tmp = np.empty((w, 1), np.float32)
+    blurred = np.empty((2, w), np.float32)
+    tmp = np.empty(w, np.float32)
     held = np.empty(2, np.int64)  # the source row in each slot
     for b in range(out.shape[0]):
         held[:] = -1
         for r in range(out.shape[1]):
             for j in (i0[r], i1[r]):
                 if held[j % 2] != j:
-                    _blur_row(x[b], j, vert, blurred[j % 2, :, 0])
+                    _blur_row(x[b], j, vert, blurred[j % 2])
                     held[j % 2] = j
             _lerp_rows(blurred[i0[r] % 2], blurred[i1[r] % 2], wr[r], tmp)
-            _lerp_columns(tmp, j0, j1, wc, out[b, r].reshape((out.shape[2], 1)))
+            _lerp_columns(tmp, j0, j1, wc, out[b, r])
 
 
 def pyrdown(x: torch.Tensor, rows: tuple, cols: tuple) -> torch.Tensor:
@@ -203,16 +184,6 @@ def pyrdown(x: torch.Tensor, rows: tuple, cols: tuple) -> torch.Tensor:
     out = torch.empty((x.shape[0], len(rows[0]), len(cols[0])), dtype=torch.float32)
     _pyrdown(x[:, 0].contiguous().numpy(), *(t.numpy() for t in (*rows, *cols)), out.numpy())
     return out[:, None]
-
-
-def resize_channels_last(f: torch.Tensor, rows: tuple, cols: tuple) -> torch.Tensor:
-    """Bilinear resize of a float32 channels-last CPU tensor f (B,C,h,w) to (B,C,R,W), given the
-    source indices and weights of the output rows and columns (``inference._source_rows``), each a
-    triple (i0, i1, weight) of 1-D tensors. The result is channels-last."""
-    b, c = f.shape[:2]
-    out = torch.empty((b, len(rows[0]), len(cols[0]), c), dtype=torch.float32)
-    _resize(f.permute(0, 2, 3, 1).contiguous().numpy(), *(t.numpy() for t in (*rows, *cols)), out.numpy())
-    return out.permute(0, 3, 1, 2)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -302,35 +273,6 @@ def single_filter_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
 
 @numba.njit(nogil=True, cache=True)
-def _conv_single_channel(f, weight, out) -> None:
-    """out (B, H, W) = conv2d(f (B, H, W), weight (1, k, k)), k = 5 or 3, with zero padding k // 2."""
-    b, h, w = f.shape
-    ring = np.zeros((5, 1, w + 4), np.float32)  # as in _add_conv_row
-    for i in range(b):
-        for m in range(h + 2):
-            if m < h:
-                ring[m % 5, 0, 2 : 2 + w] = f[i, m]
-            if m >= 2:  # output row m - 2 has its rows
-                out[i, m - 2] = 0
-                _add_conv_row(out[i, m - 2], ring, weight, m - 2, h)
-
-
-def conv_single_channel(f: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """conv2d(f, weight, padding=k // 2) for a float32 CPU tensor f (B,1,H,W) and one k x k filter,
-    k = 1, 3 or 5 (a 1x1 one runs as the centre of a 3x3 of zeros, which adds exact zeros)."""
-    k = weight.shape[-1]
-    if k not in (1, 3, 5):
-        raise ValueError(f"kernel must be 1x1, 3x3 or 5x5, got {tuple(weight.shape)}")
-    if k == 1:
-        weight = F.pad(weight.reshape(1, 1, 1, 1), (1, 1, 1, 1))
-    b, _, h, w = f.shape
-    out = torch.empty((b, h, w), dtype=torch.float32)
-    _conv_single_channel(f[:, 0].contiguous().numpy(), weight.reshape(1, *weight.shape[-2:]).float().contiguous().numpy(),
-                         out.numpy())
-    return out[:, None]
-
-
-@numba.njit(nogil=True, cache=True)
 def _local_maxima(score, r, border, threshold, rows, cols) -> int:
     """Writes the positions (row-major) of the strict maxima of ``score`` (H, W) in windows of
     radius r clipped at the edges, above ``threshold`` and at least ``border`` pixels from the
@@ -373,3 +315,69 @@ def local_maxima(score: torch.Tensor, size: int, border: int, threshold: float) 
     rows, cols = torch.empty(bound, dtype=torch.int64), torch.empty(bound, dtype=torch.int64)
     n = _local_maxima(score.contiguous().numpy(), r, border, float(threshold), rows.numpy(), cols.numpy())
     return rows[:n], cols[:n]
+
+
+@numba.njit(nogil=True, cache=True)
+def _transpose(row, dst) -> None:
+    """dst[ch, x] = row[x, ch] for a channels-last row (w, C) into planar dst (C, >= w)."""
+    for x in range(row.shape[0]):
+        for ch in range(row.shape[1]):
+            dst[ch, x] = row[x, ch]
+
+
+@numba.njit(nogil=True, cache=True)
+def _final(feats, rows, cols, weight, o0, out) -> None:
+    """out (B, R, W) = rows o0 .. o0 + R of conv2d(concat of the levels' features resized to the
+    output grid, weight (L*C, k, k)) with zero padding, over n = len(rows[0][0]) output-grid rows.
+
+    feats: L arrays (B, h_l, w_l, C) channels-last; rows[l] = (i0, i1, wr): the two source rows of
+    each of the n rows and the second's weight; cols[l] = (j0, j1, wc) likewise for the W columns.
+    Each source row is resized along x once, planar (kept in slots by parity, as in ``_pyrdown``),
+    and each output-grid row is lerped from two of them into a ring of the 5 rows that an output
+    row reads: the upsampled features are never stored whole, and the convolution runs
+    column-vectorised (``_add_conv_row``). A level already at the output width skips the column
+    lerps (they would multiply by exactly 1 and 0)."""
+    nb, nrows, w = out.shape
+    n = rows[0][0].shape[0]
+    c = feats[0].shape[3]
+    ring = np.zeros((5, len(feats) * c, w + 4), np.float32)
+    across = np.empty((len(feats), 2, c, w), np.float32)  # source rows resized along x, by parity
+    held = np.empty((len(feats), 2), np.int64)
+    planar = np.empty((c, max([f.shape[2] for f in feats])), np.float32)
+    same_width = np.zeros(len(feats), np.bool_)
+    for level in range(len(feats)):
+        same_width[level] = feats[level].shape[2] == w and (cols[level][0] == np.arange(w)).all()
+    for b in range(nb):
+        held[:] = -1
+        for m in range(min(n, o0 + nrows + 2)):
+            for level in range(len(feats)):
+                f, (i0, i1, wr), (j0, j1, wc) = feats[level], rows[level], cols[level]
+                for j in (i0[m], i1[m]):
+                    if held[level, j % 2] != j:
+                        dst = across[level, j % 2]
+                        if same_width[level]:
+                            _transpose(f[b, j], dst)
+                        else:
+                            _transpose(f[b, j], planar)
+                            for ch in range(c):
+                                _lerp_columns(planar[ch], j0, j1, wc, dst[ch])
+                        held[level, j % 2] = j
+                for ch in range(c):
+                    _lerp_rows(across[level, i0[m] % 2, ch], across[level, i1[m] % 2, ch], wr[m],
+                               ring[m % 5, level * c + ch, 2 : 2 + w])
+            # the output rows whose last row read is m: m - 2, and at the last row those below it
+            for o in range(max(o0, m - 2), min(o0 + nrows, m + 1 if m == n - 1 else m - 1)):
+                acc = out[b, o - o0]
+                acc[:] = 0
+                _add_conv_row(acc, ring, weight, o, n)
+
+
+def final_response(feats: list, rows: list, cols: list, weight: torch.Tensor, o0: int, count: int) -> torch.Tensor:
+    """``_final`` for float32 CPU tensors: feats are (B,C,h,w) channels-last (or C = 1), rows and cols
+    triples of 1-D tensors (``inference._source_rows``), weight (L*C, k, k), k = 5 or 3. Returns the
+    (B,1,count,W) rows o0 .. o0 + count of the convolution's output."""
+    out = torch.empty((feats[0].shape[0], count, len(cols[0][0])), dtype=torch.float32)
+    _final(tuple(f.permute(0, 2, 3, 1).contiguous().numpy() for f in feats),
+           tuple(tuple(t.numpy() for t in r) for r in rows), tuple(tuple(t.numpy() for t in c) for c in cols),
+           weight.float().contiguous().numpy(), o0, out.numpy())
+    return out[:, None]

@@ -6,7 +6,7 @@ from keynet.inference import (
     MAP_SCALES, FastKeyNet, _row_bands, _source_rows, downsampled_side, handcrafted_maps, pyrdown as fast_pyrdown, upsampled_side,
 )
 from keynet import kernels
-from keynet.kernels import conv_single_channel, handcrafted_maps_channels_last, resize_channels_last, single_filter_block
+from keynet.kernels import final_response, handcrafted_maps_channels_last, single_filter_block
 from keynet.model import HandcraftedBlock, build_model, pyrdown
 from keynet.weights import load_model
 
@@ -63,22 +63,22 @@ def test_compiled_pyrdown_equals_the_model_pyrdown(shape, factor):
     torch.testing.assert_close(kernels.pyrdown(x, rows, cols), pyrdown(x, factor), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("k", [1, 3, 5])
-def test_compiled_single_channel_conv_equals_conv2d(k):
-    g = torch.Generator().manual_seed(k)
-    f, w = torch.rand(2, 1, 31, 45, generator=g), torch.randn(1, 1, k, k, generator=g)
-    torch.testing.assert_close(conv_single_channel(f, w), F.conv2d(f, w, padding=k // 2), rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize("src, dst", [((50, 61), (60, 73)), ((60, 73), (60, 73)), ((41, 30), (59, 43))])
-def test_compiled_resize_equals_interpolate(src, dst):
-    f = torch.rand(2, 8, *src).contiguous(memory_format=torch.channels_last)
-    rows, cols = _source_rows(0, dst[0], src[0], dst[0]), _source_rows(0, dst[1], src[1], dst[1])
-    ours = resize_channels_last(f, rows, cols)
-    assert ours.is_contiguous(memory_format=torch.channels_last)
-    # ATen may round a source coordinate (up to 60 here) differently by an ulp (4e-6): values in [0, 1]
-    # then differ by a few 1e-6
-    torch.testing.assert_close(ours, F.interpolate(f, size=dst, mode="bilinear", align_corners=False), rtol=0, atol=1e-5)
+@pytest.mark.parametrize("channels, k", [(8, 5), (1, 3)])
+@pytest.mark.parametrize("o0, count", [(0, 37), (3, 10), (30, 7)])
+def test_compiled_final_convolution_equals_upsampling_and_conv2d(channels, k, o0, count):
+    g = torch.Generator().manual_seed(channels + o0)
+    h, w = 37, 45
+    feats = [torch.rand(2, channels, *size, generator=g).contiguous(memory_format=torch.channels_last)
+             for size in ((h, w), (30, 37), (25, 31))]
+    weight = torch.randn(3 * channels, k, k, generator=g)
+    upsampled = [F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False) for f in feats]
+    ref = F.conv2d(torch.cat(upsampled, 1), weight[None], padding=k // 2)[:, :, o0 : o0 + count]
+    rows = [_source_rows(0, h, f.shape[-2], h) for f in feats]
+    cols = [_source_rows(0, w, f.shape[-1], w) for f in feats]
+    assert torch.equal(rows[0][0], torch.arange(h)) and not rows[0][2].any()  # level 0 as it is
+    ours = final_response(feats, rows, cols, weight, o0, count)
+    # ATen may round a source coordinate (up to 45 here) differently by an ulp; sums of up to 600 terms
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
 
 
 def test_integer_resized_sides_equal_the_float_rule():

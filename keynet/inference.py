@@ -281,6 +281,15 @@ class FastKeyNet(nn.Module):
         return _unpaired(_conv2d_relu(_paired(f), w, b, (self.padding, w.shape[-1] // 2)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The learned blocks' output for (B,1,h,w) images: float32 (B,F,h,w)."""
+        f, w = self._computed_features(x)
+        if f.shape[-1] != w:
+            f = f[..., :w].contiguous(memory_format=torch.channels_last)
+        return f.float()
+
+    def _computed_features(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``features`` as computed, in the compute dtype and, for column pairs of an odd width w, with
+        a zero column after the w valid ones; and w."""
         compiled = eager_on_cpu(x) and x.dtype == torch.float32
         pair = compiled and self.pair_columns
         first = 0
@@ -301,15 +310,15 @@ class FastKeyNet(nn.Module):
             f = self._paired_conv_relu(f, i) if pair else self._conv_relu(f, i)
             if f.shape[-1] != w:
                 f[..., w:] = 0
-        if f.shape[-1] != w:
-            f = f[..., :w].contiguous(memory_format=torch.channels_last)
-        return f.float()
+        return f, w
 
-    def _features_around(self, x: torch.Tensor, s0: int, s1: int) -> tuple[torch.Tensor, int]:
+    def _features_around(self, x: torch.Tensor, s0: int, s1: int, computed: bool = False) -> tuple[torch.Tensor, int]:
         """Features of rows [f0, f1) of ``x``, exact on rows [s0, s1) (the ones near an inner edge
-        of the slice are not), and f0."""
+        of the slice are not), and f0; with ``computed``, as ``_computed_features`` returns them
+        (compute dtype, maybe a zero column more)."""
         f0, f1 = max(0, s0 - self.feature_halo), min(x.shape[-2], s1 + self.feature_halo)
-        return self.features(x[..., f0:f1, :]), f0
+        part = x[..., f0:f1, :]
+        return (self._computed_features(part)[0] if computed else self.features(part)), f0
 
     def _final_term(self, f: torch.Tensor, level: int) -> torch.Tensor:
         """Level ``level``'s share of the final convolution, (B,1,h,w), from its (upsampled) features."""
@@ -320,20 +329,23 @@ class FastKeyNet(nn.Module):
         """Rows [r0, r1) of the response before bias and ReLU, the same as from the whole image."""
         h, w = pyramid[0].shape[-2:]
         a, z = max(0, r0 - self.last_padding), min(h, r1 + self.last_padding)  # rows the last conv reads
-        f, f0 = self._features_around(pyramid[0], a, z)
-        if eager_on_cpu(f):
+        if eager_on_cpu(pyramid[0]):
             # One compiled pass resizes the levels' features row by row and applies the final
-            # convolution to them (level 0 "resized" by identity indices): 2x faster than the
-            # depthwise convolutions, channel sums and stored upsampled features below.
+            # convolution to them (level 0 "resized" by identity indices), reading bfloat16
+            # features as they are: faster than the depthwise convolutions, channel sums and
+            # stored upsampled features below. A zero column after the valid ones is not read.
+            f, f0 = self._features_around(pyramid[0], a, z, computed=True)
             feats, rows, cols = [f], [_identity(a - f0, z - f0)], [_identity(0, w)]
             for level in range(1, self.num_levels):
-                i0, i1, weight = _source_rows(a, z, pyramid[level].shape[-2], h)
-                f, f0 = self._features_around(pyramid[level], int(i0[0]), int(i1[-1]) + 1)
+                hl, wl = pyramid[level].shape[-2:]
+                i0, i1, weight = _source_rows(a, z, hl, h)
+                f, f0 = self._features_around(pyramid[level], int(i0[0]), int(i1[-1]) + 1, computed=True)
                 feats.append(f)
                 rows.append((i0 - f0, i1 - f0, weight))
-                cols.append(_source_rows(0, w, f.shape[-1], w))
+                cols.append(_source_rows(0, w, wl, w))
             k = self.last_weight.shape[-1]
             return final_response(feats, rows, cols, self.last_weight.reshape(-1, k, k), r0 - a, r1 - r0)
+        f, f0 = self._features_around(pyramid[0], a, z)
         out = self._final_term(f, 0)[..., r0 - f0 : r1 - f0, :]
         for level in range(1, self.num_levels):
             i0, i1, weight = _source_rows(a, z, pyramid[level].shape[-2], h)

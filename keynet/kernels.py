@@ -318,19 +318,27 @@ def local_maxima(score: torch.Tensor, size: int, border: int, threshold: float) 
 
 
 @numba.njit(nogil=True, cache=True)
-def _transpose(row, dst) -> None:
-    """dst[ch, x] = row[x, ch] for a channels-last row (w, C) into planar dst (C, >= w)."""
-    for x in range(row.shape[0]):
-        for ch in range(row.shape[1]):
-            dst[ch, x] = row[x, ch]
+def _transpose(row, dst, bf16) -> None:
+    """dst[ch, x] = row[x, ch] for a channels-last row (w, C) into planar float32 dst (C, >= w). With
+    ``bf16`` the row is int16 holding bfloat16 bit patterns: their float32 value is the same bits
+    followed by 16 zeros."""
+    if bf16:
+        bits = dst.view(np.uint32)
+        for x in range(row.shape[0]):
+            for ch in range(row.shape[1]):
+                bits[ch, x] = np.uint32(np.uint16(row[x, ch])) << 16
+    else:
+        for x in range(row.shape[0]):
+            for ch in range(row.shape[1]):
+                dst[ch, x] = row[x, ch]
 
 
 @numba.njit(nogil=True, cache=True)
-def _final(feats, rows, cols, weight, o0, out) -> None:
+def _final(feats, rows, cols, weight, o0, out, bf16) -> None:
     """out (B, R, W) = rows o0 .. o0 + R of conv2d(concat of the levels' features resized to the
     output grid, weight (L*C, k, k)) with zero padding, over n = len(rows[0][0]) output-grid rows.
 
-    feats: L arrays (B, h_l, w_l, C) channels-last; rows[l] = (i0, i1, wr): the two source rows of
+    feats: L arrays (B, h_l, w_l, C) channels-last, float32 or (``bf16``) int16 bfloat16 bits; rows[l] = (i0, i1, wr): the two source rows of
     each of the n rows and the second's weight; cols[l] = (j0, j1, wc) likewise for the W columns.
     Each source row is resized along x once, planar (kept in slots by parity, as in ``_pyrdown``),
     and each output-grid row is lerped from two of them into a ring of the 5 rows that an output
@@ -356,9 +364,9 @@ def _final(feats, rows, cols, weight, o0, out) -> None:
                     if held[level, j % 2] != j:
                         dst = across[level, j % 2]
                         if same_width[level]:
-                            _transpose(f[b, j], dst)
+                            _transpose(f[b, j], dst, bf16)
                         else:
-                            _transpose(f[b, j], planar)
+                            _transpose(f[b, j], planar, bf16)
                             for ch in range(c):
                                 _lerp_columns(planar[ch], j0, j1, wc, dst[ch])
                         held[level, j % 2] = j
@@ -373,11 +381,16 @@ def _final(feats, rows, cols, weight, o0, out) -> None:
 
 
 def final_response(feats: list, rows: list, cols: list, weight: torch.Tensor, o0: int, count: int) -> torch.Tensor:
-    """``_final`` for float32 CPU tensors: feats are (B,C,h,w) channels-last (or C = 1), rows and cols
-    triples of 1-D tensors (``inference._source_rows``), weight (L*C, k, k), k = 5 or 3. Returns the
-    (B,1,count,W) rows o0 .. o0 + count of the convolution's output."""
+    """``_final`` for CPU tensors: feats are (B,C,h,w) channels-last (or C = 1), all float32 or all
+    bfloat16 (read exactly, summed in float32), rows and cols triples of 1-D tensors
+    (``inference._source_rows``), weight (L*C, k, k), k = 5 or 3. Returns the float32 (B,1,count,W)
+    rows o0 .. o0 + count of the convolution's output."""
+    def as_numpy(f: torch.Tensor) -> np.ndarray:
+        f = f.permute(0, 2, 3, 1).contiguous()
+        return (f.view(torch.int16) if f.dtype == torch.bfloat16 else f).numpy()  # numpy has no bfloat16
+
     out = torch.empty((feats[0].shape[0], count, len(cols[0][0])), dtype=torch.float32)
-    _final(tuple(f.permute(0, 2, 3, 1).contiguous().numpy() for f in feats),
+    _final(tuple(as_numpy(f) for f in feats),
            tuple(tuple(t.numpy() for t in r) for r in rows), tuple(tuple(t.numpy() for t in c) for c in cols),
-           weight.float().contiguous().numpy(), o0, out.numpy())
+           weight.float().contiguous().numpy(), o0, out.numpy(), feats[0].dtype == torch.bfloat16)
     return out[:, None]

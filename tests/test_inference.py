@@ -79,6 +79,10 @@ def test_compiled_final_convolution_equals_upsampling_and_conv2d(channels, k, o0
     ours = final_response(feats, rows, cols, weight, o0, count)
     # ATen may round a source coordinate (up to 45 here) differently by an ulp; sums of up to 600 terms
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+    # bfloat16 features are read exactly: the same as their float32 values
+    rounded = [f.bfloat16() for f in feats]
+    assert torch.equal(final_response(rounded, rows, cols, weight, o0, count),
+                       final_response([f.float() for f in rounded], rows, cols, weight, o0, count))
 
 
 def test_integer_resized_sides_equal_the_float_rule():

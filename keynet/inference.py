@@ -302,7 +302,7 @@ class FastKeyNet(nn.Module):
             # The same maps, computed in one pass and already channels-last, which saves the first
             # convolution a reorder that cost almost as much as the convolution itself. For column
             # pairs an odd width gets a zero column, which plays the next convolution's padding.
-            f = handcrafted_maps_channels_last(x, even_width=pair).to(self.dtype)
+            f = handcrafted_maps_channels_last(x, even_width=pair, dtype=self.dtype)
         else:
             f = handcrafted_maps(x, self.dtype)
         w = x.shape[-1]

@@ -92,27 +92,41 @@ def _chunk_derivatives(a, lo, hi, p, d) -> int:
 
 
 @numba.njit(nogil=True, cache=True)
-def _maps(x: np.ndarray, out: np.ndarray, p: np.ndarray, d: np.ndarray) -> None:
-    """x (B, H, W) float32 -> out (B, H, >= W, 10) float32, the maps of ``handcrafted_maps`` (columns
-    of ``out`` beyond W are left as they are); p, d: ``_scratch(W)``."""
+def _maps(x: np.ndarray, out: np.ndarray, p: np.ndarray, d: np.ndarray, bf16: bool) -> None:
+    """x (B, H, W) float32 -> out (B, H, >= W, 10), the maps of ``handcrafted_maps`` (columns of
+    ``out`` beyond W are left as they are): float32, or with ``bf16`` int16 holding them rounded to
+    bfloat16; p, d: ``_scratch(W)``."""
     b, h, w = x.shape
+    planar = np.empty((10, w), np.float32)  # one row of the maps, for bf16
+    bits = planar.view(np.uint32)
     for i in range(b):
         for lo in range(0, h, _CHUNK_ROWS):
             hi = min(h, lo + _CHUNK_ROWS)
             s0 = _chunk_derivatives(x[i], lo, hi, p, d)
             for r in range(lo, hi):
-                _map_row(d, r - s0, out[i, r, :w].T, 0)  # (10, W) view of the row's (W, 10)
+                if not bf16:
+                    _map_row(d, r - s0, out[i, r, :w].T, 0)  # (10, W) view of the row's (W, 10)
+                    continue
+                _map_row(d, r - s0, planar, 0)
+                o = out[i, r]
+                for c in range(w):
+                    for ch in range(10):
+                        # round to nearest even, as torch converts (the maps are finite)
+                        v = bits[ch, c]
+                        o[c, ch] = np.int16(np.uint16((v + np.uint32(0x7FFF) + ((v >> 16) & 1)) >> 16))
 
 
-def handcrafted_maps_channels_last(x: torch.Tensor, even_width: bool = False) -> torch.Tensor:
-    """``inference.handcrafted_maps(x)`` for a float32 CPU tensor (B,1,H,W): (B,10,H,W) in
-    channels-last memory; with ``even_width`` and an odd W, (B,10,H,W+1) with zeros in the last
-    column."""
+def handcrafted_maps_channels_last(x: torch.Tensor, even_width: bool = False,
+                                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``inference.handcrafted_maps(x, dtype)`` for a float32 CPU tensor (B,1,H,W), dtype float32 or
+    bfloat16: (B,10,H,W) in channels-last memory; with ``even_width`` and an odd W, (B,10,H,W+1) with
+    zeros in the last column."""
     b, _, h, w = x.shape
-    out = torch.empty((b, h, w + (w % 2 if even_width else 0), 10), dtype=torch.float32)
+    bf16 = dtype == torch.bfloat16
+    out = torch.empty((b, h, w + (w % 2 if even_width else 0), 10), dtype=torch.int16 if bf16 else torch.float32)
     out[:, :, w:] = 0
-    _maps(x[:, 0].contiguous().numpy(), out.numpy(), *_scratch(w))
-    return out.permute(0, 3, 1, 2)
+    _maps(x[:, 0].contiguous().numpy(), out.numpy(), *_scratch(w), bf16)
+    return (out.view(torch.bfloat16) if bf16 else out).permute(0, 3, 1, 2)
 
 
 @numba.njit(nogil=True, cache=True)

@@ -146,7 +146,10 @@ def test_row_bands_cover_the_rows_once():
 
 def test_bfloat16_maps_are_the_float32_maps_rounded():
     x = torch.rand(2, 1, 40, 50)
-    assert torch.equal(handcrafted_maps(x, torch.bfloat16), handcrafted_maps(x).to(torch.bfloat16))
+    rounded = handcrafted_maps(x).to(torch.bfloat16)
+    assert torch.equal(handcrafted_maps(x, torch.bfloat16), rounded)
+    compiled = handcrafted_maps_channels_last(x, dtype=torch.bfloat16)
+    assert compiled.dtype == torch.bfloat16 and torch.equal(compiled, rounded)
 
 
 @pytest.mark.parametrize("name", ["keynet", "tiny"])

@@ -2,24 +2,25 @@
 
 What changes, and why it is exact in real arithmetic:
 - BatchNorm (eval mode) is an affine map per channel, folded into the preceding convolution.
-- The final 5x5 conv over the concatenated levels is a sum over its input channels, so it splits
-  into a depthwise conv per level (each channel with its own 5x5 slice of the kernel) followed by a
-  channel sum. oneDNN runs a 24-in/1-out convolution slowly (one output channel fills no vector
-  register); the depthwise form is about 4x faster here and needs no 24-channel concat.
+- The final 5x5 conv over the concatenated levels is a sum over its input channels. oneDNN runs a
+  24-in/1-out convolution slowly (one output channel fills no vector register). On the CPU one
+  compiled pass resizes each level's features row by row and sums the convolution over a ring of
+  five rows (``kernels.final_response``), without storing the upsampled features; elsewhere (GPU,
+  ONNX export) it splits into a depthwise conv per level followed by a channel sum.
 - The fixed filters (Sobel derivatives, the pyramid's binomial blur) are separable: they run as a few
   shifted adds instead of single-channel convolutions, which oneDNN also runs slowly. On the CPU
   the 10 handcrafted maps come from one compiled pass written channels-last, and the in-network
-  levels are blurred and resized by others (``keynet.kernels``).
+  levels are blurred and resized by another (``keynet.kernels``).
 - With AVX512, the 8-channel convolutions run on column pairs (``_pair_columns``): 16 channels
   fill oneDNN's 16-float vectors, at the price of some products with zero weights.
 - ReLU runs inside oneDNN's convolution (a post-op) instead of as a pass of its own.
 - A convolution with a single output channel (Tiny-Key.Net's blocks) runs as one 1 x k convolution
   with k output channels, one per kernel row, followed by a sum of row-shifted slices; on the CPU a
-  first block of one 5x5 filter runs in the compiled pass that makes the maps, and a one-channel
-  final convolution in a compiled pass too.
+  first block of one 5x5 filter runs in the compiled pass that makes the maps.
 - Optionally (``dtype=torch.bfloat16``, not exact) the learned blocks' convolutions run in bfloat16
   with float32 accumulation, which CPUs with AVX512-BF16 or AMX execute several times faster; the
-  handcrafted maps, the resampling and the final convolution stay float32.
+  handcrafted maps are computed in float32 and rounded, the resampling and the final convolution
+  stay float32.
 - The image is processed in row bands, each with the rows of context its result depends on, and the
   in-network levels are resampled on the whole image's grid, so a band's rows equal the whole
   image's. Bands keep the working set in the caches, bound memory on large images, and run in

@@ -333,16 +333,17 @@ def local_maxima(score: torch.Tensor, size: int, border: int, threshold: float) 
 
 @numba.njit(nogil=True, cache=True)
 def _transpose(row, dst, bf16) -> None:
-    """dst[ch, x] = row[x, ch] for a channels-last row (w, C) into planar float32 dst (C, >= w). With
-    ``bf16`` the row is int16 holding bfloat16 bit patterns: their float32 value is the same bits
-    followed by 16 zeros."""
+    """dst[ch, x] = row[x, ch] for a channels-last row (w, C) into planar float32 dst (C, w'), for
+    the first min(w, w') columns. With ``bf16`` the row is int16 holding bfloat16 bit patterns:
+    their float32 value is the same bits followed by 16 zeros."""
+    width = min(row.shape[0], dst.shape[1])
     if bf16:
         bits = dst.view(np.uint32)
-        for x in range(row.shape[0]):
+        for x in range(width):
             for ch in range(row.shape[1]):
                 bits[ch, x] = np.uint32(np.uint16(row[x, ch])) << 16
     else:
-        for x in range(row.shape[0]):
+        for x in range(width):
             for ch in range(row.shape[1]):
                 dst[ch, x] = row[x, ch]
 
@@ -352,13 +353,14 @@ def _final(feats, rows, cols, weight, o0, out, bf16) -> None:
     """out (B, R, W) = rows o0 .. o0 + R of conv2d(concat of the levels' features resized to the
     output grid, weight (L*C, k, k)) with zero padding, over n = len(rows[0][0]) output-grid rows.
 
-    feats: L arrays (B, h_l, w_l, C) channels-last, float32 or (``bf16``) int16 bfloat16 bits; rows[l] = (i0, i1, wr): the two source rows of
-    each of the n rows and the second's weight; cols[l] = (j0, j1, wc) likewise for the W columns.
-    Each source row is resized along x once, planar (kept in slots by parity, as in ``_pyrdown``),
-    and each output-grid row is lerped from two of them into a ring of the 5 rows that an output
-    row reads: the upsampled features are never stored whole, and the convolution runs
-    column-vectorised (``_add_conv_row``). A level already at the output width skips the column
-    lerps (they would multiply by exactly 1 and 0)."""
+    feats: L arrays (B, h_l, w_l, C) channels-last, float32 or (``bf16``) int16 bfloat16 bits;
+    rows[l] = (i0, i1, wr): the two source rows of each of the n rows and the second's weight;
+    cols[l] = (j0, j1, wc) likewise for the W columns. Each source row is resized along x once,
+    planar (kept in slots by parity, as in ``_pyrdown``), and each output-grid row is lerped from
+    two of them into a ring of the 5 rows that an output row reads: the upsampled features are
+    never stored whole, and the convolution runs column-vectorised (``_add_conv_row``). A level
+    whose first W columns are the output's (identity columns; columns after them are not read)
+    skips the column lerps, which would multiply by exactly 1 and 0."""
     nb, nrows, w = out.shape
     n = rows[0][0].shape[0]
     c = feats[0].shape[3]
@@ -368,7 +370,7 @@ def _final(feats, rows, cols, weight, o0, out, bf16) -> None:
     planar = np.empty((c, max([f.shape[2] for f in feats])), np.float32)
     same_width = np.zeros(len(feats), np.bool_)
     for level in range(len(feats)):
-        same_width[level] = feats[level].shape[2] == w and (cols[level][0] == np.arange(w)).all()
+        same_width[level] = feats[level].shape[2] >= w and (cols[level][0] == np.arange(w)).all()
     for b in range(nb):
         held[:] = -1
         for m in range(min(n, o0 + nrows + 2)):

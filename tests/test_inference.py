@@ -83,6 +83,9 @@ def test_compiled_final_convolution_equals_upsampling_and_conv2d(channels, k, o0
     rounded = [f.bfloat16() for f in feats]
     assert torch.equal(final_response(rounded, rows, cols, weight, o0, count),
                        final_response([f.float() for f in rounded], rows, cols, weight, o0, count))
+    # a column after the output width (column pairs of an odd width) is not read
+    wider = torch.cat([feats[0], torch.full_like(feats[0][..., :1], 1e6)], -1).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(final_response([wider, *feats[1:]], rows, cols, weight, o0, count), ours)
 
 
 def test_integer_resized_sides_equal_the_float_rule():

@@ -330,29 +330,28 @@ class FastKeyNet(nn.Module):
         """Rows [r0, r1) of the response before bias and ReLU, the same as from the whole image."""
         h, w = pyramid[0].shape[-2:]
         a, z = max(0, r0 - self.last_padding), min(h, r1 + self.last_padding)  # rows the last conv reads
-        if eager_on_cpu(pyramid[0]):
+        compiled = eager_on_cpu(pyramid[0])
+        # Each level's features around the source rows of rows [a, z) of its resize to the image grid
+        # (level 0's is the identity), as indices into those features.
+        feats, rows = [], []
+        for level in pyramid:
+            i0, i1, weight = _source_rows(a, z, level.shape[-2], h)
+            f, f0 = self._features_around(level, int(i0[0]), int(i1[-1]) + 1, computed=compiled)
+            feats.append(f)
+            rows.append((i0 - f0, i1 - f0, weight))
+        if compiled:
             # One compiled pass resizes the levels' features row by row and applies the final
-            # convolution to them (level 0 "resized" by identity indices), reading bfloat16
-            # features as they are: faster than the depthwise convolutions, channel sums and
-            # stored upsampled features below. A zero column after the valid ones is not read.
-            f, f0 = self._features_around(pyramid[0], a, z, computed=True)
-            feats, rows, cols = [f], [_identity(a - f0, z - f0)], [_identity(0, w)]
-            for level in range(1, self.num_levels):
-                hl, wl = pyramid[level].shape[-2:]
-                i0, i1, weight = _source_rows(a, z, hl, h)
-                f, f0 = self._features_around(pyramid[level], int(i0[0]), int(i1[-1]) + 1, computed=True)
-                feats.append(f)
-                rows.append((i0 - f0, i1 - f0, weight))
-                cols.append(_source_rows(0, w, wl, w))
+            # convolution to them, reading bfloat16 features as they are: faster than the depthwise
+            # convolutions, channel sums and stored upsampled features below. A zero column after
+            # the valid ones is not read.
+            cols = [_source_rows(0, w, level.shape[-1], w) for level in pyramid]
             k = self.last_weight.shape[-1]
             return final_response(feats, rows, cols, self.last_weight.reshape(-1, k, k), r0 - a, r1 - r0)
-        f, f0 = self._features_around(pyramid[0], a, z)
-        out = self._final_term(f, 0)[..., r0 - f0 : r1 - f0, :]
-        for level in range(1, self.num_levels):
-            i0, i1, weight = _source_rows(a, z, pyramid[level].shape[-2], h)
-            f, f0 = self._features_around(pyramid[level], int(i0[0]), int(i1[-1]) + 1)
-            up = _resize_rows(f, i0 - f0, i1 - f0, weight, w)
-            out = out + self._final_term(up, level)[..., r0 - a : r1 - a, :]
+        out = None
+        for level, (f, (i0, i1, weight)) in enumerate(zip(feats, rows)):
+            up = _resize_rows(f, i0, i1, weight, w) if level else f[..., int(i0[0]) : int(i0[-1]) + 1, :]
+            term = self._final_term(up, level)[..., r0 - a : r1 - a, :]
+            out = term if out is None else out + term
         return out
 
     def _whole(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
@@ -421,12 +420,6 @@ def _source_rows(a: int, z: int, src_h: int, dst_h: int) -> tuple[torch.Tensor, 
     src = ((torch.arange(a, z, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0)
     i0 = src.long()
     return i0, (i0 + 1).clamp_(max=src_h - 1), src - i0
-
-
-def _identity(a: int, z: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``_source_rows`` of rows [a, z) of a resize to the same size: each row itself, weight 0."""
-    rows = torch.arange(a, z)
-    return rows, rows, torch.zeros(z - a)
 
 
 def _resize_rows(f: torch.Tensor, i0: torch.Tensor, i1: torch.Tensor, weight: torch.Tensor, w: int) -> torch.Tensor:

@@ -133,6 +133,21 @@ def test_row_bands_give_the_whole_image_response(name):
     assert (traced(x) - whole).abs().max() <= 1e-5 * whole.abs().max()
 
 
+@pytest.mark.parametrize("name", ["keynet", "tiny"])
+def test_uncompiled_bands_give_the_network_response(name, monkeypatch):
+    """The PyTorch form of every pass (what a GPU runs): bands give the plain network's response."""
+    from keynet import inference
+
+    torch.manual_seed(2)
+    net = randomise_batchnorm(build_model(name))
+    x = torch.rand(1, 1, 150, 90)
+    with torch.no_grad():
+        plain = net(x)
+        monkeypatch.setattr(inference, "eager_on_cpu", lambda t: False)
+        banded = FastKeyNet(net)(x, band_pixels=64 * 90)
+    assert (banded - plain).abs().max() <= 1e-5 * plain.abs().max()
+
+
 def test_row_bands_cover_the_rows_once():
     for h, w, pixels, parts in [(600, 600, None, 1), (600, 600, None, 2), (601, 50, 1000, 2), (100, 10, None, 4),
                                 (5000, 4000, 2**22, 1)]:

@@ -5,7 +5,7 @@ What changes, and why it is exact in real arithmetic:
 - The final 5x5 conv over the concatenated levels is a sum over its input channels. oneDNN runs a
   24-in/1-out convolution slowly (one output channel fills no vector register). On the CPU one
   compiled pass resizes each level's features row by row and sums the convolution over a ring of
-  five rows (``kernels.final_response``), without storing the upsampled features; elsewhere (GPU,
+  six rows (``kernels.final_response``), without storing the upsampled features; elsewhere (GPU,
   ONNX export) it splits into a depthwise conv per level followed by a channel sum.
 - The fixed filters (Sobel derivatives, the pyramid's binomial blur) are separable: they run as a few
   shifted adds instead of single-channel convolutions, which oneDNN also runs slowly. On the CPU

@@ -182,9 +182,10 @@ class KeyNetDetector(nn.Module):
                 raise ImageError(f"tensor image must be float in [0, 1], got {image.dtype}")
             if image.numel() == 0:
                 raise ImageError(f"tensor image has zero size {tuple(image.shape)}")
-            if not torch.isfinite(image).all():
+            lo, hi = (float(v) for v in torch.aminmax(image))  # one pass; NaN anywhere makes both NaN
+            if not (math.isfinite(lo) and math.isfinite(hi)):
                 raise ImageError("tensor image contains NaN or infinite values")
-            if image.min() < 0 or image.max() > 1:
+            if lo < 0 or hi > 1:
                 raise ImageError("tensor image values must lie in [0, 1] (divide 8-bit data by 255)")
             image = image.float()
         else:

@@ -30,7 +30,7 @@ What changes, and why it is exact in real arithmetic:
 from __future__ import annotations
 
 from fractions import Fraction
-from functools import partial
+from functools import lru_cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,7 @@ def handcrafted_maps(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch
     return torch.cat(maps, 1, out=x.new_empty((x.shape[0], len(maps), *x.shape[2:]), dtype=dtype))
 
 
+@lru_cache(maxsize=None)
 def _fraction(factor: float) -> Fraction:
     # Denominators up to 1e9 reproduce the float rule exactly for sides up to 40,000 px at factors
     # 1.2 and sqrt(2) (tested); small ones do not for sqrt(2).
@@ -326,8 +327,9 @@ class FastKeyNet(nn.Module):
         per_channel = F.conv2d(f, self.last_weight[level], padding=self.last_padding, groups=f.shape[1])
         return per_channel.sum(1, keepdim=True)
 
-    def _band(self, pyramid: list[torch.Tensor], r0: int, r1: int) -> torch.Tensor:
-        """Rows [r0, r1) of the response before bias and ReLU, the same as from the whole image."""
+    def _band(self, pyramid: list[torch.Tensor], r0: int, r1: int, out: torch.Tensor) -> None:
+        """Rows [r0, r1) of the response into the same rows of ``out`` (B,1,H,W), the same as from
+        the whole image."""
         h, w = pyramid[0].shape[-2:]
         a, z = max(0, r0 - self.last_padding), min(h, r1 + self.last_padding)  # rows the last conv reads
         compiled = eager_on_cpu(pyramid[0])
@@ -341,18 +343,20 @@ class FastKeyNet(nn.Module):
             rows.append((i0 - f0, i1 - f0, weight))
         if compiled:
             # One compiled pass resizes the levels' features row by row and applies the final
-            # convolution to them, reading bfloat16 features as they are: faster than the depthwise
-            # convolutions, channel sums and stored upsampled features below. A zero column after
-            # the valid ones is not read.
+            # convolution, bias and ReLU to them, reading bfloat16 features as they are: faster than
+            # the depthwise convolutions, channel sums and stored upsampled features below. A zero
+            # column after the valid ones is not read.
             cols = [_source_rows(0, w, level.shape[-1], w) for level in pyramid]
             k = self.last_weight.shape[-1]
-            return final_response(feats, rows, cols, self.last_weight.reshape(-1, k, k), r0 - a, r1 - r0)
-        out = None
+            final_response(feats, rows, cols, self.last_weight.reshape(-1, k, k), float(self.last_bias),
+                           r0 - a, out[..., r0:r1, :])
+            return
+        total = None
         for level, (f, (i0, i1, weight)) in enumerate(zip(feats, rows)):
             up = _resize_rows(f, i0, i1, weight, w) if level else f[..., int(i0[0]) : int(i0[-1]) + 1, :]
             term = self._final_term(up, level)[..., r0 - a : r1 - a, :]
-            out = term if out is None else out + term
-        return out
+            total = term if total is None else total + term
+        out[..., r0:r1, :] = total.add_(self.last_bias.view(1, 1, 1, 1)).relu_()
 
     def _whole(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
         """The response before bias and ReLU in one piece with ``F.interpolate``: the traceable form
@@ -381,12 +385,11 @@ class FastKeyNet(nn.Module):
             pyramid.append(pyrdown(p, (downsampled_side(p.shape[-2], self.pyramid_factor),
                                        downsampled_side(p.shape[-1], self.pyramid_factor))))
         if torch.jit.is_tracing():
-            out = self._whole(pyramid)
-        else:
-            bands = _row_bands(*x.shape[-2:], band_pixels, concurrency())
-            parts = run_tasks([partial(self._band, pyramid, r0, r1) for r0, r1 in bands])
-            out = parts[0] if len(parts) == 1 else torch.cat(parts, 2)
-        return out.add_(self.last_bias.view(1, 1, 1, 1)).relu_().contiguous()
+            return self._whole(pyramid).add_(self.last_bias.view(1, 1, 1, 1)).relu_()
+        out = x.new_empty(x.shape, dtype=torch.float32)
+        bands = _row_bands(*x.shape[-2:], band_pixels, concurrency())
+        run_tasks([partial(self._band, pyramid, r0, r1, out) for r0, r1 in bands])
+        return out
 
 
 # Bands are at most this many pixels even when memory would allow more: a band's working set then
@@ -413,9 +416,12 @@ def _row_bands(h: int, w: int, band_pixels: int | None, parts: int) -> list[tupl
     return [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
 
 
+# A detection asks for the same few hundred (a, z, src_h, dst_h) again and again.
+@lru_cache(maxsize=1024)
 def _source_rows(a: int, z: int, src_h: int, dst_h: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For rows [a, z) of a bilinear resize (align_corners=False) from ``src_h`` to ``dst_h`` rows: the
-    two source rows of each and the weight of the second, computed in float32 as ATen does."""
+    two source rows of each and the weight of the second, computed in float32 as ATen does. Cached:
+    the tensors are shared, and must not be modified."""
     scale = torch.tensor(src_h, dtype=torch.float32) / dst_h
     src = ((torch.arange(a, z, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0)
     i0 = src.long()

@@ -426,9 +426,10 @@ def _planar_row(row, j0, j1, wc, same, dst) -> None:
 
 
 @numba.njit(nogil=True, cache=True)
-def _final(feats, rows, cols, weight, o0, out, bf16) -> None:
-    """out (B, R, W) = rows o0 .. o0 + R of conv2d(concat of the levels' features resized to the
-    output grid, weight (L*C, k, k)) with zero padding, over n = len(rows[0][0]) output-grid rows.
+def _final(feats, rows, cols, weight, bias, o0, out, bf16) -> None:
+    """out (B, R, W) = rows o0 .. o0 + R of relu(bias + conv2d(concat of the levels' features resized
+    to the output grid, weight (L*C, k, k))) with zero padding, over n = len(rows[0][0]) output-grid
+    rows.
 
     feats: L arrays (B, h_l, w_l, C) channels-last, float32 or (``bf16``) int16 bfloat16 bits;
     rows[l] = (i0, i1, wr): the two source rows of each of the n rows and the second's weight;
@@ -467,20 +468,21 @@ def _final(feats, rows, cols, weight, o0, out, bf16) -> None:
                 for ch in range(c):
                     _lerp_rows(across[level, i0[m] % 2, ch], across[level, i1[m] % 2, ch], wr[m],
                                ring[m % 6, level * c + ch, 2 : 2 + w])
-            o = _conv_ready_rows(ring, weight, n, m, o, o0 + nrows, out[b], o0, np.float32(0), False)
+            o = _conv_ready_rows(ring, weight, n, m, o, o0 + nrows, out[b], o0, bias, True)
 
 
-def final_response(feats: list, rows: list, cols: list, weight: torch.Tensor, o0: int, count: int) -> torch.Tensor:
+def final_response(feats: list, rows: list, cols: list, weight: torch.Tensor, bias: float, o0: int,
+                   out: torch.Tensor) -> None:
     """``_final`` for CPU tensors: feats are (B,C,h,w) channels-last (or C = 1), all float32 or all
     bfloat16 (read exactly, summed in float32), rows and cols triples of 1-D tensors
-    (``inference._source_rows``), weight (L*C, k, k), k = 5 or 3. Returns the float32 (B,1,count,W)
-    rows o0 .. o0 + count of the convolution's output."""
+    (``inference._source_rows``), weight (L*C, k, k), k = 5 or 3. Writes rows o0 .. o0 + R of
+    relu(bias + the convolution) into ``out``, a float32 (B,1,R,W) tensor (a view of a larger one
+    is fine: the rows of a band)."""
     def as_numpy(f: torch.Tensor) -> np.ndarray:
         f = f.permute(0, 2, 3, 1).contiguous()
         return (f.view(torch.int16) if f.dtype == torch.bfloat16 else f).numpy()  # numpy has no bfloat16
 
-    out = torch.empty((feats[0].shape[0], count, len(cols[0][0])), dtype=torch.float32)
     _final(tuple(as_numpy(f) for f in feats),
            tuple(tuple(t.numpy() for t in r) for r in rows), tuple(tuple(t.numpy() for t in c) for c in cols),
-           weight.float().contiguous().numpy(), o0, out.numpy(), feats[0].dtype == torch.bfloat16)
-    return out[:, None]
+           weight.float().contiguous().numpy(), np.float32(bias), o0, out[:, 0].numpy(),
+           feats[0].dtype == torch.bfloat16)

@@ -71,21 +71,31 @@ def test_compiled_final_convolution_equals_upsampling_and_conv2d(channels, k, o0
     feats = [torch.rand(2, channels, *size, generator=g).contiguous(memory_format=torch.channels_last)
              for size in ((h, w), (30, 37), (25, 31))]
     weight = torch.randn(3 * channels, k, k, generator=g)
+    bias = -0.5
     upsampled = [F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False) for f in feats]
-    ref = F.conv2d(torch.cat(upsampled, 1), weight[None], padding=k // 2)[:, :, o0 : o0 + count]
+    ref = F.conv2d(torch.cat(upsampled, 1), weight[None], torch.tensor([bias]), padding=k // 2).relu()
+    ref = ref[:, :, o0 : o0 + count]
+    assert (ref > 0).any() and (ref == 0).any()
     rows = [_source_rows(0, h, f.shape[-2], h) for f in feats]
     cols = [_source_rows(0, w, f.shape[-1], w) for f in feats]
     assert torch.equal(rows[0][0], torch.arange(h)) and not rows[0][2].any()  # level 0 as it is
-    ours = final_response(feats, rows, cols, weight, o0, count)
+
+    def final(feats: list) -> torch.Tensor:
+        # into rows of a larger tensor, as a band of the image is written
+        out = torch.full((2, 1, count + 5, w), float("nan"))
+        final_response(feats, rows, cols, weight, bias, o0, out[:, :, 2 : 2 + count])
+        assert out[:, :, :2].isnan().all() and out[:, :, 2 + count :].isnan().all()
+        return out[:, :, 2 : 2 + count]
+
+    ours = final(feats)
     # ATen may round a source coordinate (up to 45 here) differently by an ulp; sums of up to 600 terms
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
     # bfloat16 features are read exactly: the same as their float32 values
     rounded = [f.bfloat16() for f in feats]
-    assert torch.equal(final_response(rounded, rows, cols, weight, o0, count),
-                       final_response([f.float() for f in rounded], rows, cols, weight, o0, count))
+    assert torch.equal(final(rounded), final([f.float() for f in rounded]))
     # a column after the output width (column pairs of an odd width) is not read
     wider = torch.cat([feats[0], torch.full_like(feats[0][..., :1], 1e6)], -1).contiguous(memory_format=torch.channels_last)
-    assert torch.equal(final_response([wider, *feats[1:]], rows, cols, weight, o0, count), ours)
+    assert torch.equal(final([wider, *feats[1:]]), ours)
 
 
 def test_integer_resized_sides_equal_the_float_rule():

@@ -66,12 +66,13 @@ def test_too_small_image(detector):
         detector.detect(np.zeros((25, 20), np.uint8))
 
 
-def test_nan_in_float_array(detector):
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nan_or_infinity_in_float_array(detector, value):
     a = np.full((64, 64), 0.5, np.float32)
-    a[3, 4] = np.nan
-    with pytest.raises(ImageError, match="NaN"):
+    a[3, 4] = value
+    with pytest.raises(ImageError, match="NaN or infinite"):
         detector.detect(a)
-    with pytest.raises(ImageError, match="NaN"):
+    with pytest.raises(ImageError, match="NaN or infinite"):
         detector.detect(torch.from_numpy(a))
 
 

@@ -8,8 +8,8 @@ fraction of torch's fp32 matmul GFLOP/s (its fastest repeat) measured in the sam
 --memory, the peak memory of one detection (each in a fresh process). On a CPU with native bfloat16 it also times
 ``precision="bfloat16"`` (``--fast``), also with ``up_levels=0``, and reports the share of float32
 keypoints bfloat16 keeps. With onnxruntime installed it also times the exported network run by
-onnxruntime, alone and inside detection. Methods are interleaved within each repeat so that load
-from elsewhere on the machine affects all of them alike.
+onnxruntime, alone and inside detection. Methods are interleaved within each repeat, each run
+next to its anchor, so that load from elsewhere on the machine affects them alike.
 """
 
 from __future__ import annotations
@@ -175,6 +175,10 @@ def build_methods(image: np.ndarray, onnx_dir: Path | None) -> dict[str, Callabl
         "keynet detect up_levels=0": lambda: no_up.detect(x),
         "OpenCV SIFT detect": lambda: sift.detect(u8, None),
     }
+    tiny = shipped_weights_path("tiny")
+    if tiny.is_file():  # right after its anchor, so that both run in the same state of the machine
+        tiny_det = KeyNetDetector(model="tiny", num_keypoints=NUM_KEYPOINTS)
+        methods["keynet tiny detect"] = lambda: tiny_det.detect(x)
     if native_bfloat16():  # emulated elsewhere, and slower than float32
         methods["keynet response bfloat16"] = lambda: ours_net_bf16(x)
         methods["keynet detect bfloat16 (--fast)"] = lambda: bf16.detect(x)
@@ -190,10 +194,6 @@ def build_methods(image: np.ndarray, onnx_dir: Path | None) -> dict[str, Callabl
         methods["onnxruntime response"] = lambda: ort_net(x)
         methods["keynet detect, onnxruntime network"] = lambda: ort_det.detect(x)
         methods["onnxruntime detection graph"] = lambda: ort_graph.detect(x)
-    tiny = shipped_weights_path("tiny")
-    if tiny.is_file():
-        tiny_det = KeyNetDetector(model="tiny", num_keypoints=NUM_KEYPOINTS)
-        methods["keynet tiny detect"] = lambda: tiny_det.detect(x)
     return methods
 
 

@@ -416,8 +416,9 @@ def _row_bands(h: int, w: int, band_pixels: int | None, parts: int) -> list[tupl
     return [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
 
 
-# A detection asks for the same few hundred (a, z, src_h, dst_h) again and again.
-@lru_cache(maxsize=1024)
+# A detection asks for the same few dozen (a, z, src_h, dst_h) again and again (bounded: an entry
+# holds up to 20 bytes per row or column of a level).
+@lru_cache(maxsize=256)
 def _source_rows(a: int, z: int, src_h: int, dst_h: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For rows [a, z) of a bilinear resize (align_corners=False) from ``src_h`` to ``dst_h`` rows: the
     two source rows of each and the weight of the second, computed in float32 as ATen does. Cached:

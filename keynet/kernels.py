@@ -224,19 +224,17 @@ def _conv_ready_rows(ring, weight, h, m, o, stop, out, o0, init, relu) -> int:
     input rows the ring holds once input row m is in it, two at a time: each out[row - o0] = init +
     the convolution (then clamped at 0 with ``relu``). Returns the next output row."""
     while o < stop:
-        two = o + 1 < stop
-        if min(o + (3 if two else 2), h - 1) > m:  # the last input row it reads is not in yet
+        count = min(2, stop - o)
+        if min(o + count + 1, h - 1) > m:  # the last input row they read is not in yet
             break
-        first, second = out[o - o0], out[o + 1 - o0 if two else o - o0]
-        first[:] = init
-        if two:
-            second[:] = init
-        _add_conv_rows(first, second, ring, weight, o, h, two)
+        rows = out[o - o0 : o - o0 + count]
+        rows[:] = init
+        _add_conv_rows(rows[0], rows[count - 1], ring, weight, o, h, count == 2)
         if relu:
-            for acc in (first, second):
+            for acc in rows:
                 for c in range(acc.shape[0]):
                     acc[c] = max(acc[c], np.float32(0))
-        o += 2 if two else 1
+        o += count
     return o
 
 

@@ -47,12 +47,13 @@ def test_strict_maxima_matches_brute_force(size):
 
 
 @pytest.mark.parametrize("size, border, threshold", [(1, 0, 0.0), (3, 2, 2.0), (9, 0, 0.0), (15, 4, 1.0), (15, 15, 0.0)])
-def test_compiled_local_maxima_match_brute_force(size, border, threshold):
+@pytest.mark.parametrize("h, w", [(37, 41), (1, 7), (2, 2), (6, 1), (3, 3)])  # and the edge cases of the 3x3 pre-test
+def test_compiled_local_maxima_match_brute_force(size, border, threshold, h, w):
     g = torch.Generator().manual_seed(size + border)
-    a = torch.randint(0, 6, (37, 41), generator=g).float()  # many ties
+    a = torch.randint(0, 6, (h, w), generator=g).float()  # many ties
     keep = brute_force_strict_maxima(a.numpy(), size) & (a.numpy() > threshold)
     inside = np.zeros_like(keep)
-    inside[border : 37 - border, border : 41 - border] = True
+    inside[border : h - border, border : w - border] = True
     rows, cols = np.nonzero(keep & inside)  # row-major
     got = local_maxima(a, size, border, threshold)
     np.testing.assert_array_equal(got[0].numpy(), rows)

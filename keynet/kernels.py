@@ -422,34 +422,47 @@ def _widen_bfloat16(row, out) -> None:
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _planar_columns(row, j0, j1, wc, same, dst, channels) -> None:
+def _planar_columns(row, j0, j1, wc, same, dst, at, channels) -> None:
     """``_planar_row`` with the channel count as an argument, so that a literal one reaches the
     compiler (see there)."""
     if same:
-        for c in range(dst.shape[1]):
+        for c in range(j0.shape[0]):
             for ch in range(channels):
-                dst[ch, c] = row[c, ch]
+                dst[ch, at + c] = row[c, ch]
         return
     one = np.float32(1)
-    for c in range(dst.shape[1]):
+    for c in range(j0.shape[0]):
         a, b, t = j0[c], j1[c], wc[c]
         for ch in range(channels):
-            dst[ch, c] = (one - t) * row[a, ch] + t * row[b, ch]
+            dst[ch, at + c] = (one - t) * row[a, ch] + t * row[b, ch]
 
 
 @numba.njit(nogil=True, cache=True)
-def _planar_row(row, j0, j1, wc, same, dst) -> None:
-    """dst (C, W) planar = a channels-last float32 row (w, C) resized along x to W columns as ATen's
+def _planar_row(row, j0, j1, wc, same, dst, at) -> None:
+    """dst[:, at : at + W] planar (C, W) = a channels-last float32 row (w, C) resized along x to the
+    W = len(j0) columns as ATen's
     bilinear resize (``_lerp_columns``' formula, source columns j0, j1, weight wc of the second), or
     with ``same`` its first W columns as they are. The channels are the inner loop and read
     contiguously; for Key.Net's 8 and Tiny-Key.Net's 1 their count is a literal, which lets the
     compiler unroll that loop (2-15x faster here than a transpose followed by column lerps)."""
     if row.shape[1] == 8:
-        _planar_columns(row, j0, j1, wc, same, dst, 8)
+        _planar_columns(row, j0, j1, wc, same, dst, at, 8)
     elif row.shape[1] == 1:
-        _planar_columns(row, j0, j1, wc, same, dst, 1)
+        _planar_columns(row, j0, j1, wc, same, dst, at, 1)
     else:
-        _planar_columns(row, j0, j1, wc, same, dst, row.shape[1])
+        _planar_columns(row, j0, j1, wc, same, dst, at, row.shape[1])
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _resized_row(row, j0, j1, wc, same, wide, bf16, dst, at) -> None:
+    """``_planar_row`` of a float32 row, or (``bf16``) of an int16 row of bfloat16 bits widened
+    into ``wide`` first."""
+    if bf16:
+        src = wide[: row.shape[0]]
+        _widen_bfloat16(row, src)
+        _planar_row(src, j0, j1, wc, same, dst, at)
+    else:
+        _planar_row(row, j0, j1, wc, same, dst, at)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -482,19 +495,18 @@ def _final(feats, rows, cols, weight, bias, o0, out, bf16) -> None:
         for m in range(min(n, o0 + nrows + 2)):
             for level in range(len(feats)):
                 f, (i0, i1, wr), (j0, j1, wc) = feats[level], rows[level], cols[level]
+                slot = ring[m % 6, level * c : (level + 1) * c]  # a 2-D slice with all columns stays C-ordered
+                if wr[m] == 0:
+                    # the lerp would give the first row exactly (level 0, whose rows are the
+                    # output's): resize it straight into the ring
+                    _resized_row(f[b, i0[m]], j0, j1, wc, same_width[level], wide, bf16, slot, 2)
+                    continue
                 for j in (i0[m], i1[m]):
                     if held[level, j % 2] != j:
-                        dst = across[level, j % 2]
-                        if bf16:
-                            src = wide[: f.shape[2]]
-                            _widen_bfloat16(f[b, j], src)
-                            _planar_row(src, j0, j1, wc, same_width[level], dst)
-                        else:
-                            _planar_row(f[b, j], j0, j1, wc, same_width[level], dst)
+                        _resized_row(f[b, j], j0, j1, wc, same_width[level], wide, bf16, across[level, j % 2], 0)
                         held[level, j % 2] = j
                 for ch in range(c):
-                    _lerp_rows(across[level, i0[m] % 2, ch], across[level, i1[m] % 2, ch], wr[m],
-                               ring[m % 6, level * c + ch, 2 : 2 + w])
+                    _lerp_rows(across[level, i0[m] % 2, ch], across[level, i1[m] % 2, ch], wr[m], slot[ch, 2 : 2 + w])
             o = _conv_ready_rows(ring, weight, n, m, o, o0 + nrows, out[b], o0, bias, True)
 
 

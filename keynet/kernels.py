@@ -28,81 +28,96 @@ import numpy as np
 import torch
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _sobel_rows(a: np.ndarray, r: int) -> tuple:
+    """Rows r - 1, r, r + 1 of ``a`` with the border rows repeated (replicate padding)."""
+    return a[max(r - 1, 0)], a[r], a[min(r + 1, a.shape[0] - 1)]
+
+
+# The Sobel passes below read the unpadded rows: the interior columns through slices shifted by
+# 0, 1 and 2 (indices the compiler knows are not negative, so the loop vectorises), the two edge
+# columns with their outer neighbour repeated. Sums are ``inference._sobel8``'s, in its order.
+
+
 @numba.njit(nogil=True, cache=True)
-def _pad_replicate(a: np.ndarray, p: np.ndarray) -> None:
-    """p (H+2, W+2) = a (H, W) with its border rows and columns repeated once."""
+def _sobel8_x(a: np.ndarray, dx: np.ndarray) -> None:
+    """dx (H, W) = 8 x the Sobel x-derivative of ``a`` (H, W), border replicated."""
     h, w = a.shape
-    for r in range(h + 2):
-        src = a[min(max(r - 1, 0), h - 1)]
-        row = p[r]
-        row[0] = src[0]
-        row[1 : w + 1] = src
-        row[w + 1] = src[w - 1]
-
-
-@numba.njit(nogil=True, cache=True)
-def _sobel8(p: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> None:
-    """8 x the Sobel derivatives of the padded ``p`` into ``dx``, ``dy`` (H, W), with the pair sums
-    of ``inference._sobel8`` in its order."""
-    h, w = dx.shape
     for r in range(h):
-        top, mid, bot = p[r], p[r + 1], p[r + 2]
-        for c in range(w):
-            right = (top[c + 2] + mid[c + 2]) + (mid[c + 2] + bot[c + 2])
-            left = (top[c] + mid[c]) + (mid[c] + bot[c])
-            dx[r, c] = right - left
-            below = (bot[c] + bot[c + 1]) + (bot[c + 1] + bot[c + 2])
-            above = (top[c] + top[c + 1]) + (top[c + 1] + top[c + 2])
-            dy[r, c] = below - above
+        top, mid, bot = _sobel_rows(a, r)
+        out = dx[r]
+        for c in (0, w - 1):
+            cl, cr = max(c - 1, 0), min(c + 1, w - 1)
+            out[c] = ((top[cr] + mid[cr]) + (mid[cr] + bot[cr])) - ((top[cl] + mid[cl]) + (mid[cl] + bot[cl]))
+        if w > 2:
+            tl, tr, ml, mr, bl, br = top[: w - 2], top[2:], mid[: w - 2], mid[2:], bot[: w - 2], bot[2:]
+            inner = out[1 : w - 1]
+            for c in range(w - 2):
+                inner[c] = ((tr[c] + mr[c]) + (mr[c] + br[c])) - ((tl[c] + ml[c]) + (ml[c] + bl[c]))
 
 
 @numba.njit(nogil=True, cache=True)
-def _derivatives(a, p, dx, dy, dxx, dxy, dyx, dyy) -> None:
-    """The first and second derivatives of ``a`` (H, W) as in ``inference.handcrafted_maps``, using
-    ``p`` (H+2, W+2) as scratch."""
-    _pad_replicate(a, p)
-    _sobel8(p, dx, dy)
-    _pad_replicate(dx, p)
-    _sobel8(p, dxx, dxy)
-    _pad_replicate(dy, p)
-    _sobel8(p, dyx, dyy)
+def _sobel8_y(a: np.ndarray, dy: np.ndarray) -> None:
+    """dy (H, W) = 8 x the Sobel y-derivative of ``a`` (H, W), border replicated."""
+    h, w = a.shape
+    for r in range(h):
+        top, _, bot = _sobel_rows(a, r)
+        out = dy[r]
+        for c in (0, w - 1):
+            cl, cr = max(c - 1, 0), min(c + 1, w - 1)
+            out[c] = ((bot[cl] + bot[c]) + (bot[c] + bot[cr])) - ((top[cl] + top[c]) + (top[c] + top[cr]))
+        if w > 2:
+            tl, tc, tr, bl, bc, br = top[: w - 2], top[1 : w - 1], top[2:], bot[: w - 2], bot[1 : w - 1], bot[2:]
+            inner = out[1 : w - 1]
+            for c in range(w - 2):
+                inner[c] = ((bl[c] + bc[c]) + (bc[c] + br[c])) - ((tl[c] + tc[c]) + (tc[c] + tr[c]))
 
 
-# Rows of derivatives computed at a time: their scratch (about 30 floats a column) stays in the
+@numba.njit(nogil=True, cache=True)
+def _derivatives(a, dx, dy, dxx, dxy, dyy) -> None:
+    """The first and second derivatives of ``a`` (H, W) as in ``inference.handcrafted_maps``."""
+    _sobel8_x(a, dx)
+    _sobel8_y(a, dy)
+    _sobel8_x(dx, dxx)
+    _sobel8_y(dx, dxy)
+    _sobel8_y(dy, dyy)
+
+
+# Rows of derivatives computed at a time: their scratch (about 20 floats a column) stays in the
 # L2 cache, and is not allocated (and page-faulted) image-sized on every call.
 _CHUNK_ROWS = 32
 
 
-def _scratch(w: int) -> tuple:
-    """The scratch arrays of ``_chunk_derivatives`` for images w columns wide."""
-    return np.empty((_CHUNK_ROWS + 6, w + 2), np.float32), np.empty((6, _CHUNK_ROWS + 4, w), np.float32)
+def _scratch(w: int) -> np.ndarray:
+    """The scratch array of ``_chunk_derivatives`` for images w columns wide."""
+    return np.empty((5, _CHUNK_ROWS + 4, w), np.float32)
 
 
 @numba.njit(nogil=True, cache=True)
-def _chunk_derivatives(a, lo, hi, p, d) -> int:
-    """Derivatives (dx, dy, dxx, dxy, dyx, dyy) of rows [lo, hi) of ``a`` (H, W) into ``d`` (6, >=
+def _chunk_derivatives(a, lo, hi, d) -> int:
+    """Derivatives (dx, dy, dxx, dxy, dyy) of rows [lo, hi) of ``a`` (H, W) into ``d`` (5, >=
     hi - lo + 4, W), hi - lo <= ``_CHUNK_ROWS``, equal to those of the whole image: computed from
     rows [lo - 2, hi + 2), the context the second derivatives read. Returns s0: image row m is at
     d[:, m - s0]."""
     h = a.shape[0]
     s0, s1 = max(0, lo - 2), min(h, hi + 2)
     n = s1 - s0
-    _derivatives(a[s0:s1], p[: n + 2], d[0, :n], d[1, :n], d[2, :n], d[3, :n], d[4, :n], d[5, :n])
+    _derivatives(a[s0:s1], d[0, :n], d[1, :n], d[2, :n], d[3, :n], d[4, :n])
     return s0
 
 
 @numba.njit(nogil=True, cache=True)
-def _maps(x: np.ndarray, out: np.ndarray, p: np.ndarray, d: np.ndarray, bf16: bool) -> None:
+def _maps(x: np.ndarray, out: np.ndarray, d: np.ndarray, bf16: bool) -> None:
     """x (B, H, W) float32 -> out (B, H, >= W, 10), the maps of ``handcrafted_maps`` (columns of
     ``out`` beyond W are left as they are): float32, or with ``bf16`` int16 holding them rounded to
-    bfloat16; p, d: ``_scratch(W)``."""
+    bfloat16; d: ``_scratch(W)``."""
     b, h, w = x.shape
     planar = np.empty((10, w), np.float32)  # one row of the maps, for bf16
     bits = planar.view(np.uint32)
     for i in range(b):
         for lo in range(0, h, _CHUNK_ROWS):
             hi = min(h, lo + _CHUNK_ROWS)
-            s0 = _chunk_derivatives(x[i], lo, hi, p, d)
+            s0 = _chunk_derivatives(x[i], lo, hi, d)
             for r in range(lo, hi):
                 if not bf16:
                     _map_row(d, r - s0, out[i, r, :w].T, 0)  # (10, W) view of the row's (W, 10)
@@ -125,7 +140,7 @@ def handcrafted_maps_channels_last(x: torch.Tensor, even_width: bool = False,
     bf16 = dtype == torch.bfloat16
     out = torch.empty((b, h, w + (w % 2 if even_width else 0), 10), dtype=torch.int16 if bf16 else torch.float32)
     out[:, :, w:] = 0
-    _maps(x[:, 0].contiguous().numpy(), out.numpy(), *_scratch(w), bf16)
+    _maps(x[:, 0].contiguous().numpy(), out.numpy(), _scratch(w), bf16)
     return (out.view(torch.bfloat16) if bf16 else out).permute(0, 3, 1, 2)
 
 
@@ -201,9 +216,9 @@ def pyrdown(x: torch.Tensor, rows: tuple, cols: tuple) -> torch.Tensor:
 
 
 @numba.njit(nogil=True, cache=True)
-def _single_filter(x, weight, bias, out, p, d) -> None:
+def _single_filter(x, weight, bias, out, d) -> None:
     """out (B, H, W) = relu(bias + conv2d(maps(x), weight, zero padding 2)) for x (B, H, W) and
-    weight (10, 5, 5), the maps as in ``_maps``; p, d: ``_scratch(W)``. The maps' rows are made one
+    weight (10, 5, 5), the maps as in ``_maps``; d: ``_scratch(W)``. The maps' rows are made one
     at a time into a ring of the 6 that two output rows read (``_conv_ready_rows``), and each output
     row sums its 250 products column-vectorised."""
     b, h, w = x.shape
@@ -213,7 +228,7 @@ def _single_filter(x, weight, bias, out, p, d) -> None:
         o = 0  # the next output row
         for m in range(h):
             if m % _CHUNK_ROWS == 0:
-                s0 = _chunk_derivatives(x[i], m, min(h, m + _CHUNK_ROWS), p, d)
+                s0 = _chunk_derivatives(x[i], m, min(h, m + _CHUNK_ROWS), d)
             _map_row(d, m - s0, ring[m % 6], 2)
             o = _conv_ready_rows(ring, weight, h, m, o, h, out[i], 0, np.float32(bias), True)
 
@@ -310,7 +325,7 @@ def _add_taps_pair(acc0, acc1, src, wt0, wt1) -> None:
 def _map_row(d, j, dst, r) -> None:
     """The 10 maps (``_maps``'s channel order) of derivative row j of ``d`` (``_chunk_derivatives``)
     into dst (10, W + 2r) from column r."""
-    dx, dy, dxx, dxy, dyy = d[0, j], d[1, j], d[2, j], d[3, j], d[5, j]
+    dx, dy, dxx, dxy, dyy = d[0, j], d[1, j], d[2, j], d[3, j], d[4, j]
     for c in range(dx.shape[0]):
         gx, gy, gxx, gyy, gxy = dx[c], dy[c], dxx[c], dyy[c], dxy[c]
         dst[0, r + c] = gx
@@ -333,7 +348,7 @@ def single_filter_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     b, _, h, w = x.shape
     out = torch.empty((b, h, w), dtype=torch.float32)
     _single_filter(x[:, 0].contiguous().numpy(), weight[0].float().contiguous().numpy(), float(bias[0]), out.numpy(),
-                   *_scratch(w))
+                   _scratch(w))
     return out[:, None]
 
 

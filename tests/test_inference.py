@@ -36,7 +36,7 @@ def test_separable_filters_equal_the_convolutions():
         torch.testing.assert_close(fast_pyrdown(x, size), pyrdown(x, factor), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(2, 1, 57, 71), (1, 1, 1, 3), (1, 1, 4, 1)])
+@pytest.mark.parametrize("shape", [(2, 1, 57, 71), (1, 1, 1, 3), (1, 1, 4, 1), (1, 1, 70, 2), (1, 1, 2, 2)])
 def test_compiled_maps_equal_the_torch_maps_bit_for_bit(shape):
     x = torch.rand(shape)
     maps = handcrafted_maps_channels_last(x)

@@ -246,7 +246,8 @@ def _conv_ready_rows(ring, weight, h, m, o, stop, out, o0, init, relu) -> int:
         rows[:] = init
         _add_conv_rows(rows[0], rows[count - 1], ring, weight, o, h, count == 2)
         if relu:
-            for acc in rows:
+            for r in range(count):  # by index: iterating over `rows` itself does not vectorise
+                acc = rows[r]
                 for c in range(acc.shape[0]):
                     acc[c] = max(acc[c], np.float32(0))
         o += count

@@ -26,7 +26,7 @@ from .io.image import ImageError, load_image, to_float_gray
 from .inference import COMPUTE_DTYPES, FastKeyNet, eager_on_cpu, downsampled_side, native_bfloat16, pyrdown, upsampled_side
 from .kernels import local_maxima
 from .model import KeyNet
-from .parallel import run_tasks
+from .parallel import caller_single_threaded, run_tasks
 from .weights import load_model
 
 ImageInput = Union[str, Path, np.ndarray, torch.Tensor]
@@ -259,9 +259,11 @@ class KeyNetDetector(nn.Module):
             score, N <= num_keypoints (fewer when the image has fewer maxima). Ties in score are broken
             by level (upsampled first, then finer to coarser) and then by row-major pixel order.
         """
-        batch, batched = self._to_batch(image)
-        masks = None if mask is None else self._to_mask(mask, batch)
-        results = self._detect_batch(batch, masks)
+        with caller_single_threaded():
+            batch, batched = self._to_batch(image)
+            masks = None if mask is None else self._to_mask(mask, batch)
+            levels = [self._levels(batch[i : i + 1]) for i in range(batch.shape[0])]
+        results = self._detect_batch(levels, masks)
         if return_lafs:
             for r in results:
                 r["lafs"] = keypoints_to_lafs(r["keypoints"], r["scales"])
@@ -337,10 +339,11 @@ class KeyNetDetector(nn.Module):
         scale = torch.full_like(x, self._scale(fx, fy))
         return torch.stack([x, y, scale, s.double()], 1)
 
-    def _detect_batch(self, batch: torch.Tensor, masks: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
+    def _detect_batch(self, levels: list[list[tuple[torch.Tensor, float, float]]],
+                      masks: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
+        """Keypoints of each image of a batch from its ``_levels``."""
         # One task per (image, level): images of a batch are independent, and one image at a time keeps
         # the network's bands small enough for the caches (a batched band is B times larger).
-        levels = [self._levels(batch[i : i + 1]) for i in range(batch.shape[0])]
         keys = [(i, j) for i, image_levels in enumerate(levels) for j in range(len(image_levels))]
         # Largest level first, so that the threads finish together (see keynet.parallel).
         keys.sort(key=lambda key: -levels[key[0]][key[1]][0].numel())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from keynet import KeyNetDetector
-from keynet.parallel import run_tasks, tasks_disabled
+from keynet.parallel import caller_single_threaded, run_tasks, tasks_disabled
 
 from .conftest import read_gray
 
@@ -66,6 +66,17 @@ def test_a_failing_task_raises_and_the_thread_count_is_restored(two_threads):
     with pytest.raises(RuntimeError, match="boom"):
         run_tasks([lambda: torch.zeros(1), boom, lambda: torch.zeros(1)])
     assert torch.get_num_threads() == 2
+
+
+def test_the_caller_runs_single_threaded_before_tasks_and_gets_its_threads_back(two_threads):
+    with caller_single_threaded():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError, match="boom"), caller_single_threaded():
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == 2
+    with tasks_disabled(), caller_single_threaded():  # no tasks to make room for: intra-op threads stay
+        assert torch.get_num_threads() == 2
 
 
 def test_detection_is_the_same_on_one_and_two_threads(data_dir, reference_weights):

@@ -259,14 +259,13 @@ class KeyNetDetector(nn.Module):
             score, N <= num_keypoints (fewer when the image has fewer maxima). Ties in score are broken
             by level (upsampled first, then finer to coarser) and then by row-major pixel order.
         """
-        with caller_single_threaded():
+        with caller_single_threaded():  # the levels' tasks still use all threads
             batch, batched = self._to_batch(image)
             masks = None if mask is None else self._to_mask(mask, batch)
-            levels = [self._levels(batch[i : i + 1]) for i in range(batch.shape[0])]
-        results = self._detect_batch(levels, masks)
-        if return_lafs:
-            for r in results:
-                r["lafs"] = keypoints_to_lafs(r["keypoints"], r["scales"])
+            results = self._detect_batch([self._levels(batch[i : i + 1]) for i in range(batch.shape[0])], masks)
+            if return_lafs:
+                for r in results:
+                    r["lafs"] = keypoints_to_lafs(r["keypoints"], r["scales"])
         return results if batched else results[0]
 
     def _bands(self, h: int, w: int) -> list[tuple[int, int]]:

@@ -3,8 +3,8 @@
 Key.Net's layers are small (8-channel convolutions, single-channel elementwise passes, pads), and
 splitting every one of them over threads pays a synchronisation per operation. The pyramid levels
 and row bands of an image are independent, so they run as tasks on ``torch.get_num_threads()``
-worker threads, each with a single intra-op thread (``benchmarks/speed.py`` times detection both
-ways). Results are returned in task order, so what is computed does not depend on which thread
+threads (the caller and workers), each with a single intra-op thread (``benchmarks/speed.py`` times
+detection both ways). Results are returned in task order, so what is computed does not depend on which thread
 finished first. ``tasks_disabled()`` runs everything in the calling thread instead, with torch's
 usual intra-op threading.
 """
@@ -15,7 +15,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -49,54 +49,89 @@ def tasks_disabled() -> Iterator[None]:
 
 @contextmanager
 def caller_single_threaded() -> Iterator[None]:
-    """Within this block, torch runs the calling thread's operations on one intra-op thread where
-    ``run_tasks`` would spread tasks over threads; the block must not call ``run_tasks`` itself.
+    """Within this block, torch runs the calling thread's own operations on one intra-op thread,
+    while ``run_tasks`` still spreads tasks over the threads torch had (nothing changes where
+    ``concurrency()`` is 1).
 
-    For the light work before tasks (input checks, image pyramids): a parallel region would wake
-    torch's OpenMP team, whose idle thread then spins for milliseconds (libgomp's default wait
-    policy) on a core the tasks are about to need. Tiny-Key.Net's detection at 600x600 was about
-    10% faster with it here.
+    For the light work around tasks (input checks, image pyramids, merging results): a parallel
+    region wakes torch's OpenMP team, whose thread may take milliseconds to wake up on a VM and
+    then spins for milliseconds more (libgomp's default wait policy) on a core the tasks need.
+    Tiny-Key.Net's detection at 600x600 was about 10% faster with it here.
     """
     threads = concurrency()
     if threads <= 1:
         yield
         return
+    before = getattr(_local, "threads", None)
+    _local.threads = threads
     torch.set_num_threads(1)
     try:
         yield
     finally:
+        _local.threads = before
         torch.set_num_threads(threads)
 
 
 def concurrency() -> int:
     """How many tasks ``run_tasks`` runs at once in this thread now: 1 when it would run them in the
     caller (one torch thread, inside a task, while tracing, or within ``tasks_disabled()``)."""
-    if torch.jit.is_tracing() or getattr(_local, "disabled", False):
+    if torch.jit.is_tracing() or getattr(_local, "disabled", False) or getattr(_local, "in_task", False):
         return 1
-    return torch.get_num_threads()
+    threads = getattr(_local, "threads", None)  # set by caller_single_threaded()
+    return torch.get_num_threads() if threads is None else threads
 
 
 def run_tasks(tasks: Sequence[Callable[[], T]]) -> list[T]:
     """``[task() for task in tasks]``, run concurrently when torch may use more than one thread.
 
-    Tasks start in the given order (put the most expensive first for a good balance). Inside a task
-    ``torch.get_num_threads()`` is 1, so nested calls run sequentially. Grad and inference mode are
-    those of the caller. While tracing (ONNX export) everything runs in the calling thread.
+    Tasks start in the given order (put the most expensive first for a good balance), taken by the
+    calling thread and ``concurrency() - 1`` workers as each becomes free. The caller works too:
+    its core is awake, while waking a sleeping worker's took up to 5 ms on this project's VMs.
+    Inside a task ``torch.get_num_threads()`` is 1 and nested calls run sequentially. Grad and
+    inference mode are those of the caller. While tracing (ONNX export) everything runs in the
+    calling thread. If tasks fail, the others still run, and the first failure in task order is
+    raised.
     """
     threads = concurrency()
     if threads <= 1 or len(tasks) <= 1:
         return [task() for task in tasks]
     grad = torch.is_grad_enabled()
     inference = torch.is_inference_mode_enabled()
+    caller_threads = torch.get_num_threads()
+    results: list[Any] = [None] * len(tasks)
+    errors: list[Exception | None] = [None] * len(tasks)
+    lock = threading.Lock()
+    pending = iter(range(len(tasks)))
 
-    def run(task: Callable[[], T]) -> T:
+    def work() -> None:
         torch.set_num_threads(1)
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            return task()
+        _local.in_task = True
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                while True:
+                    with lock:
+                        i = next(pending, None)
+                    if i is None:
+                        return
+                    try:
+                        results[i] = tasks[i]()
+                    except Exception as e:  # noqa: BLE001 - raised below, after the other tasks
+                        errors[i] = e
+        finally:
+            _local.in_task = False
 
-    pool = _executor(min(threads, len(tasks)))
-    futures = [pool.submit(run, task) for task in tasks]
-    wait(futures)  # all of them, also when one fails, before the thread count is given back
-    # A worker's set_num_threads also changes the process-wide default: give the caller its own back.
-    torch.set_num_threads(threads)
-    return [f.result() for f in futures]
+    workers = min(threads, len(tasks)) - 1
+    helpers = [_executor(workers).submit(work) for _ in range(workers)]
+    try:
+        work()
+    finally:
+        with lock:  # if the caller was interrupted, start no more tasks
+            for _ in pending:
+                pass
+        wait(helpers)
+        # set_num_threads in a task also changes the process-wide default: give the caller its own back.
+        torch.set_num_threads(caller_threads)
+    for e in errors:
+        if e is not None:
+            raise e
+    return results

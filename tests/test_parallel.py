@@ -18,13 +18,19 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-def test_results_come_back_in_task_order_from_worker_threads(two_threads):
+def test_results_come_back_in_task_order_from_the_caller_and_a_worker(two_threads):
+    barrier = threading.Barrier(2, timeout=10)
+
     def task(i):
+        if i < 2:
+            barrier.wait()  # the first two tasks only finish if they run at the same time
         return i, threading.current_thread().name, torch.get_num_threads()
 
     out = run_tasks([lambda i=i: task(i) for i in range(5)])
     assert [r[0] for r in out] == list(range(5))
-    assert all(name.startswith("keynet") for _, name, _ in out)
+    names = {name for _, name, _ in out[:2]}
+    assert len(names) == 2 and threading.current_thread().name in names  # the caller takes tasks too
+    assert all(name.startswith("keynet") or name == threading.current_thread().name for _, name, _ in out)
     assert all(threads == 1 for _, _, threads in out)  # one intra-op thread per task
     assert torch.get_num_threads() == 2  # the caller's setting is given back
 
@@ -43,7 +49,6 @@ def test_tasks_can_be_kept_in_the_calling_thread(two_threads):
     with tasks_disabled():
         out = run_tasks([lambda: (threading.current_thread().name, torch.get_num_threads())] * 2)
     assert out == [(threading.current_thread().name, 2)] * 2  # intra-op threads untouched
-    assert run_tasks([lambda: threading.current_thread().name] * 2)[0].startswith("keynet")
 
 
 def test_nested_tasks_run_sequentially_and_modes_follow_the_caller(two_threads):
@@ -68,8 +73,11 @@ def test_a_failing_task_raises_and_the_thread_count_is_restored(two_threads):
     assert torch.get_num_threads() == 2
 
 
-def test_the_caller_runs_single_threaded_before_tasks_and_gets_its_threads_back(two_threads):
+def test_the_caller_runs_single_threaded_around_tasks_and_gets_its_threads_back(two_threads):
+    barrier = threading.Barrier(2, timeout=10)
     with caller_single_threaded():
+        assert torch.get_num_threads() == 1
+        assert run_tasks([barrier.wait] * 2)  # tasks still run side by side
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
     with pytest.raises(RuntimeError, match="boom"), caller_single_threaded():

@@ -262,7 +262,7 @@ class KeyNetDetector(nn.Module):
         with caller_single_threaded():  # the levels' tasks still use all threads
             batch, batched = self._to_batch(image)
             masks = None if mask is None else self._to_mask(mask, batch)
-            results = self._detect_batch([self._levels(batch[i : i + 1]) for i in range(batch.shape[0])], masks)
+            results = self._detect_batch(batch, masks)
             if return_lafs:
                 for r in results:
                     r["lafs"] = keypoints_to_lafs(r["keypoints"], r["scales"])
@@ -338,11 +338,10 @@ class KeyNetDetector(nn.Module):
         scale = torch.full_like(x, self._scale(fx, fy))
         return torch.stack([x, y, scale, s.double()], 1)
 
-    def _detect_batch(self, levels: list[list[tuple[torch.Tensor, float, float]]],
-                      masks: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
-        """Keypoints of each image of a batch from its ``_levels``."""
+    def _detect_batch(self, batch: torch.Tensor, masks: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
         # One task per (image, level): images of a batch are independent, and one image at a time keeps
         # the network's bands small enough for the caches (a batched band is B times larger).
+        levels = [self._levels(batch[i : i + 1]) for i in range(batch.shape[0])]
         keys = [(i, j) for i, image_levels in enumerate(levels) for j in range(len(image_levels))]
         # Largest level first, so that the threads finish together (see keynet.parallel).
         keys.sort(key=lambda key: -levels[key[0]][key[1]][0].numel())

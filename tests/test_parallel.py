@@ -1,5 +1,6 @@
 import multiprocessing
 import threading
+import time
 
 import pytest
 import torch
@@ -70,6 +71,25 @@ def test_a_failing_task_raises_and_the_thread_count_is_restored(two_threads):
 
     with pytest.raises(RuntimeError, match="boom"):
         run_tasks([lambda: torch.zeros(1), boom, lambda: torch.zeros(1)])
+    assert torch.get_num_threads() == 2
+
+
+def test_an_interrupt_starts_no_more_tasks(two_threads):
+    class Interrupt(BaseException):  # as KeyboardInterrupt: not a task failure to run past
+        pass
+
+    caller = threading.current_thread()
+    started = []
+
+    def task():
+        started.append(1)
+        if threading.current_thread() is caller:
+            raise Interrupt
+        time.sleep(0.2)  # a worker's task, still running when the caller is interrupted
+
+    with pytest.raises(Interrupt):
+        run_tasks([task] * 6)
+    assert len(started) <= 2  # at most the caller's and a worker's first: the others never start
     assert torch.get_num_threads() == 2
 
 

@@ -12,6 +12,7 @@ Conventions (stated once for the package):
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from functools import partial
 from pathlib import Path
@@ -198,25 +199,8 @@ class KeyNetDetector(nn.Module):
     def _levels(self, image: torch.Tensor) -> list[tuple[torch.Tensor, float, float]]:
         """Pyramid levels ``(tensor, fx, fy)``, upsampled first, as kornia's ``MultiResolutionDetector``.
         Levels too small to hold a keypoint are left out (they could only return nothing)."""
-        c = self.conf
-        h, w = image.shape[-2:]
-        levels = []
-        up = image
-        for i in range(c["up_levels"]):
-            f = c["scale_factor"] ** (1 + i)
-            nh, nw = upsampled_side(h, f), upsampled_side(w, f)
-            up = F.interpolate(up, size=(nh, nw), mode="bilinear", align_corners=False)
-            levels.append((up, w / nw, h / nh))
-        cur = image
-        for i in range(c["pyramid_levels"] + 1):
-            if i > 0:
-                ch, cw = cur.shape[-2:]
-                cur = pyrdown(cur, (downsampled_side(ch, c["scale_factor"]), downsampled_side(cw, c["scale_factor"])))
-            nh, nw = cur.shape[-2:]
-            if min(nh, nw) < self.min_image_size:
-                break
-            levels.append((cur, w / nw, h / nh))
-        return levels
+        pyramid = _Pyramid(self, image)
+        return [(pyramid.level(j), *pyramid.factors(j)) for j in range(len(pyramid))]
 
     def _level_mask(self, mask: torch.Tensor, size: tuple[int, int], fx: float, fy: float) -> torch.Tensor:
         """The image mask sampled at the image pixel nearest each level pixel's mapped position."""
@@ -338,21 +322,77 @@ class KeyNetDetector(nn.Module):
         scale = torch.full_like(x, self._scale(fx, fy))
         return torch.stack([x, y, scale, s.double()], 1)
 
+    def _pyramid_level_candidates(self, pyramid: _Pyramid, j: int, mask: torch.Tensor | None) -> torch.Tensor:
+        return self._level_candidates(pyramid.level(j), *pyramid.factors(j), mask)
+
     def _detect_batch(self, batch: torch.Tensor, masks: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
         # One task per (image, level): images of a batch are independent, and one image at a time keeps
         # the network's bands small enough for the caches (a batched band is B times larger).
-        levels = [self._levels(batch[i : i + 1]) for i in range(batch.shape[0])]
-        keys = [(i, j) for i, image_levels in enumerate(levels) for j in range(len(image_levels))]
+        # Each task makes its own level (``_Pyramid``): the threads build the pyramid, not the caller.
+        pyramids = [_Pyramid(self, batch[i : i + 1]) for i in range(batch.shape[0])]
+        keys = [(i, j) for i, pyramid in enumerate(pyramids) for j in range(len(pyramid))]
         # Largest level first, so that the threads finish together (see keynet.parallel).
-        keys.sort(key=lambda key: -levels[key[0]][key[1]][0].numel())
-        tasks = [partial(self._level_candidates, *levels[i][j], None if masks is None else masks[i : i + 1])
+        keys.sort(key=lambda key: -math.prod(pyramids[key[0]].shapes[key[1]]))
+        tasks = [partial(self._pyramid_level_candidates, pyramids[i], j, None if masks is None else masks[i : i + 1])
                  for i, j in keys]
         found = dict(zip(keys, run_tasks(tasks)))
         out = []
-        for i, image_levels in enumerate(levels):
-            by_level = [found[(i, j)] for j in range(len(image_levels))]  # level order: tie-breaks
+        for i, pyramid in enumerate(pyramids):
+            by_level = [found[(i, j)] for j in range(len(pyramid))]  # level order: tie-breaks
             rows = torch.cat(by_level) if by_level else torch.zeros(0, 4, dtype=torch.float64)
             order = torch.sort(rows[:, 3], descending=True, stable=True).indices[: self.conf["num_keypoints"]]
             rows = rows[order].float()
             out.append({"keypoints": rows[:, :2].contiguous(), "scales": rows[:, 2].contiguous(), "scores": rows[:, 3].contiguous()})
         return out
+
+
+class _Pyramid:
+    """One image's detection pyramid (see ``KeyNetDetector._levels``), each level made on first use.
+
+    The level sizes are known up front, so detection can hand out one task per level at once: each
+    task asks for its own level, and the threads build the pyramid (the upsampled chain in one, the
+    downsampled chain level by level in another) instead of the caller before they start. A lock
+    per chain makes each level once.
+    """
+
+    def __init__(self, det: KeyNetDetector, image: torch.Tensor) -> None:
+        c = det.conf
+        f = c["scale_factor"]
+        self.image = image
+        self.size = tuple(image.shape[-2:])
+        h, w = self.size
+        # (h, w) of each level, upsampled first
+        self.shapes = [(upsampled_side(h, f ** (1 + i)), upsampled_side(w, f ** (1 + i))) for i in range(c["up_levels"])]
+        self.num_up = len(self.shapes)
+        for i in range(c["pyramid_levels"] + 1):
+            if i > 0:
+                h, w = downsampled_side(h, f), downsampled_side(w, f)
+            if min(h, w) < det.min_image_size:
+                break
+            self.shapes.append((h, w))
+        self._made: list[torch.Tensor | None] = [None] * len(self.shapes)
+        self._locks = (threading.Lock(), threading.Lock())  # downsampled chain, upsampled chain
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def factors(self, j: int) -> tuple[float, float]:
+        """(fx, fy): image pixels per pixel of level j."""
+        (h, w), (nh, nw) = self.size, self.shapes[j]
+        return w / nw, h / nh
+
+    def level(self, j: int) -> torch.Tensor:
+        """Level j, (1,1,h_j,w_j)."""
+        with self._locks[j < self.num_up]:
+            return self._make(j)
+
+    def _make(self, j: int) -> torch.Tensor:
+        if self._made[j] is None:
+            if j < self.num_up:  # each from the previous upsampled level, as kornia does
+                source = self.image if j == 0 else self._make(j - 1)
+                self._made[j] = F.interpolate(source, size=self.shapes[j], mode="bilinear", align_corners=False)
+            elif j == self.num_up:
+                self._made[j] = self.image
+            else:
+                self._made[j] = pyrdown(self._make(j - 1), self.shapes[j])
+        return self._made[j]

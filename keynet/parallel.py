@@ -53,7 +53,7 @@ def caller_single_threaded() -> Iterator[None]:
     while ``run_tasks`` still spreads tasks over the threads torch had (nothing changes where
     ``concurrency()`` is 1).
 
-    For the light work around tasks (input checks, image pyramids, merging results): a parallel
+    For the light work around tasks (input checks, merging results): a parallel
     region wakes torch's OpenMP team, whose thread may take milliseconds to wake up on a VM and
     then spins for milliseconds more (libgomp's default wait policy) on a core the tasks need.
     Tiny-Key.Net's detection at 600x600 was about 10% faster with it here.
@@ -86,7 +86,7 @@ def run_tasks(tasks: Sequence[Callable[[], T]]) -> list[T]:
 
     Tasks start in the given order (put the most expensive first for a good balance), taken by the
     calling thread and ``concurrency() - 1`` workers as each becomes free. The caller works too:
-    its core is awake, while waking a sleeping worker's took up to 5 ms on this project's VMs.
+    its core is awake, while a worker's first task started up to 5 ms late on this project's VMs.
     Inside a task ``torch.get_num_threads()`` is 1 and nested calls run sequentially. Grad and
     inference mode are those of the caller. While tracing (ONNX export) everything runs in the
     calling thread. If tasks fail, the others still run, and the first failure in task order is

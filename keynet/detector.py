@@ -362,7 +362,8 @@ class _Pyramid:
         self.size = tuple(image.shape[-2:])
         h, w = self.size
         # (h, w) of each level, upsampled first
-        self.shapes = [(upsampled_side(h, f ** (1 + i)), upsampled_side(w, f ** (1 + i))) for i in range(c["up_levels"])]
+        self.shapes = [(upsampled_side(h, f ** (1 + i)), upsampled_side(w, f ** (1 + i)))
+                       for i in range(c["up_levels"])]
         self.num_up = len(self.shapes)
         for i in range(c["pyramid_levels"] + 1):
             if i > 0:

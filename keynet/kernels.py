@@ -456,9 +456,8 @@ def _planar_columns(row, j0, j1, wc, same, dst, at, channels) -> None:
 @numba.njit(nogil=True, cache=True)
 def _planar_row(row, j0, j1, wc, same, dst, at) -> None:
     """dst[:, at : at + W] planar (C, W) = a channels-last float32 row (w, C) resized along x to the
-    W = len(j0) columns as ATen's
-    bilinear resize (``_lerp_columns``' formula, source columns j0, j1, weight wc of the second), or
-    with ``same`` its first W columns as they are. The channels are the inner loop and read
+    W = len(j0) columns as ATen's bilinear resize (``_lerp_columns``' formula, source columns j0, j1,
+    weight wc of the second), or with ``same`` its first W columns as they are. The channels are the inner loop and read
     contiguously; for Key.Net's 8 and Tiny-Key.Net's 1 their count is a literal, which lets the
     compiler unroll that loop (2-15x faster here than a transpose followed by column lerps)."""
     if row.shape[1] == 8:

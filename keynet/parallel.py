@@ -4,8 +4,8 @@ Key.Net's layers are small (8-channel convolutions, single-channel elementwise p
 splitting every one of them over threads pays a synchronisation per operation. The pyramid levels
 and row bands of an image are independent, so they run as tasks on ``torch.get_num_threads()``
 threads (the caller and workers), each with a single intra-op thread (``benchmarks/speed.py`` times
-detection both ways). Results are returned in task order, so what is computed does not depend on which thread
-finished first. ``tasks_disabled()`` runs everything in the calling thread instead, with torch's
+detection both ways). Results are returned in task order, so what is computed does not depend on
+which thread finished first. ``tasks_disabled()`` runs everything in the calling thread instead, with torch's
 usual intra-op threading.
 """
 
@@ -53,9 +53,9 @@ def caller_single_threaded() -> Iterator[None]:
     while ``run_tasks`` still spreads tasks over the threads torch had (nothing changes where
     ``concurrency()`` is 1).
 
-    For the light work around tasks (input checks, merging results): a parallel
-    region wakes torch's OpenMP team, whose thread may take milliseconds to wake up on a VM and
-    then spins for milliseconds more (libgomp's default wait policy) on a core the tasks need.
+    For the light work around tasks (input checks, merging results): a parallel region wakes
+    torch's OpenMP team, whose thread may take milliseconds to wake up on a VM and then spins for
+    milliseconds more (libgomp's default wait policy) on a core the tasks need.
     Tiny-Key.Net's detection at 600x600 was about 10% faster with it here.
     """
     threads = concurrency()

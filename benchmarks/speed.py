@@ -2,10 +2,11 @@
 
     python benchmarks/speed.py [--repeats 7] [--threads 2] [--memory]
 
-Prints medians (wall-clock seconds), the ratio of each method to its anchor (kornia for Key.Net,
-OpenCV SIFT for Tiny-Key.Net), keypoint agreement with kornia, the network's achieved GFLOP/s as a
-fraction of torch's fp32 matmul GFLOP/s (its fastest repeat) measured in the same run and, with
---memory, the peak memory of one detection (each in a fresh process). On a CPU with native bfloat16 it also times
+Prints medians (wall-clock seconds); the ratio of each method to its anchor (kornia for Key.Net,
+OpenCV SIFT for Tiny-Key.Net) and its range over the rounds; minor page faults per call; keypoint
+agreement with kornia; the network's achieved GFLOP/s as a fraction of torch's fp32 matmul GFLOP/s
+(its fastest repeat) measured in the same run; and, with --memory, the peak memory of one
+detection (each in a fresh process). On a CPU with native bfloat16 it also times
 ``precision="bfloat16"`` (``--fast``), also with ``up_levels=0``, and reports the share of float32
 keypoints bfloat16 keeps. With onnxruntime installed it also times the exported network run by
 onnxruntime, alone and inside detection. Methods are interleaved within each repeat, each run
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -72,7 +74,7 @@ def matmul_gflops(repeats: int) -> float:
     a = torch.randn(2048, 2048)
     b = torch.randn(2048, 2048)
     # the fastest repeat: what the hardware reaches (the median moved by 2x between runs on a shared VM)
-    return 2 * 2048**3 / time_methods({"matmul": lambda: a @ b}, repeats, min)["matmul"] / 1e9
+    return 2 * 2048**3 / min(time_methods({"matmul": lambda: a @ b}, repeats)["matmul"]) / 1e9
 
 
 def export_onnx_files() -> Path | None:
@@ -115,7 +117,7 @@ def conv_gflops(repeats: int, threads: int) -> dict[str, float]:
         F.conv2d(x, w, padding=2)
 
     def gflops(fn: Callable[[], object], n: int) -> float:
-        return n * flops / time_methods({"conv": fn}, repeats)["conv"] / 1e9
+        return n * flops / statistics.median(time_methods({"conv": fn}, repeats)["conv"]) / 1e9
 
     torch.set_num_threads(1)
     one = gflops(conv, 1)
@@ -136,7 +138,7 @@ def batch_seconds_per_image(image: np.ndarray, repeats: int, batch: int = 4) -> 
     det = KeyNetDetector(weights=reference_weights_path(), num_keypoints=NUM_KEYPOINTS)
     times = time_methods({"batch": lambda: det.detect(xb),
                           "singles": lambda: [det.detect(xb[i : i + 1]) for i in range(batch)]}, repeats)
-    return times["batch"] / batch, times["singles"] / batch
+    return statistics.median(times["batch"]) / batch, statistics.median(times["singles"]) / batch
 
 
 def detect_without_tasks(det: KeyNetDetector, x: torch.Tensor) -> object:
@@ -197,18 +199,27 @@ def build_methods(image: np.ndarray, onnx_dir: Path | None) -> dict[str, Callabl
     return methods
 
 
-def time_methods(methods: dict[str, Callable[[], object]], repeats: int,
-                 stat: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in methods}
+def time_methods(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Each method's wall-clock seconds in each of ``repeats`` rounds (methods interleaved in a round)."""
+    return {name: [t for t, _ in runs] for name, runs in run_rounds(methods, repeats).items()}
+
+
+def run_rounds(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[tuple[float, int]]]:
+    """(seconds, minor page faults of the process) of each call, per method, over ``repeats`` rounds.
+
+    The faults show memory that the allocator had given back to the system and a call asked for again:
+    the first touch of each page costs a fault, about a millisecond per megabyte on this project's VMs."""
+    runs: dict[str, list[tuple[float, int]]] = {name: [] for name in methods}
     with torch.inference_mode():
         for fn in methods.values():
             fn()  # warm-up: allocator, oneDNN primitive cache
         for _ in range(repeats):
             for name, fn in methods.items():
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 t = time.perf_counter()
                 fn()
-                times[name].append(time.perf_counter() - t)
-    return {name: stat(v) for name, v in times.items()}
+                runs[name].append((time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+    return runs
 
 
 def _share_found(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -269,8 +280,11 @@ def main() -> None:
     for size, image in test_images().items():
         h, w = image.shape
         methods = build_methods(image, onnx_dir)
-        med = time_methods(methods, args.repeats)
-        print(f"## {size}  (median of {args.repeats}, seconds; ratio = anchor time / method time)")
+        runs = run_rounds(methods, args.repeats)
+        times = {name: [t for t, _ in r] for name, r in runs.items()}
+        med = {name: statistics.median(t) for name, t in times.items()}
+        print(f"## {size}  (median of {args.repeats}, seconds; ratio = anchor time / method time, and its range "
+              "over the rounds; minor page faults per call, median)")
         anchors = {"keynet response": "kornia KeyNet response",
                    "onnxruntime response": "kornia KeyNet response",
                    "keynet detect, onnxruntime network": "kornia KeyNetDetector",
@@ -297,9 +311,11 @@ def main() -> None:
                  "keynet detect, onnxruntime network": detector_flops(det, conf, h, w),
                  "onnxruntime detection graph": detector_flops(det, conf, h, w)}
         for name, t in med.items():
-            line = f"  {name:40s} {t:8.4f}"
+            line = f"  {name:40s} {t:8.4f} {statistics.median(f for _, f in runs[name]):7.0f} faults"
             if name in anchors:
-                line += f"   {med[anchors[name]] / t:5.2f}x vs {anchors[name]}"
+                per_round = [a / m for a, m in zip(times[anchors[name]], times[name])]
+                line += (f"   {med[anchors[name]] / t:5.2f}x ({min(per_round):.2f}-{max(per_round):.2f})"
+                         f" vs {anchors[name]}")
             if name in flops:
                 g = flops[name] / t / 1e9
                 line += f"   {g:6.1f} GFLOP/s = {g / mm:4.0%} of matmul"

@@ -12,7 +12,10 @@ What changes, and why it is exact in real arithmetic:
   the 10 handcrafted maps come from one compiled pass written channels-last, and the in-network
   levels are blurred and resized by another (``keynet.kernels``).
 - With AVX512, the 8-channel convolutions run on column pairs (``_pair_columns``): 16 channels
-  fill oneDNN's 16-float vectors, at the price of some products with zero weights.
+  fill oneDNN's 16-float vectors, at the price of some products with zero weights. On AMD Zen 4
+  they run in keynet's own kernel instead (``keynet.native``), one pixel's 8 channels to an 8-float
+  vector, without zero products; the maps and the blocks' outputs are then written inside a border
+  of zeros, the padding that the next convolution reads.
 - ReLU runs inside oneDNN's convolution (a post-op) instead of as a pass of its own.
 - A convolution with a single output channel (Tiny-Key.Net's blocks) runs as one 1 x k convolution
   with k output channels, one per kernel row, followed by a sum of row-shifted slices; on the CPU a
@@ -36,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels
-from .kernels import final_response, handcrafted_maps_channels_last, single_filter_block
+from . import kernels, native
+from .kernels import final_response, handcrafted_maps_channels_last, single_filter_block, zero_border
 from .model import KeyNet
 from .parallel import concurrency, run_tasks
 
@@ -233,6 +236,8 @@ class FastKeyNet(nn.Module):
                 self.single_filter = dtype == torch.float32 and w.shape[0] == 1 and w.shape[-1] == 5
                 if self.single_filter:
                     self.register_buffer("single_w", w.clone())
+            if w.shape[0] == 8 and w.shape[-1] == 5:  # the layout native.conv5x5_relu8 reads
+                self.register_buffer(f"native_w{i}", w.permute(2, 3, 1, 0).contiguous())
             self.row_split.append(w.shape[0] * w.shape[2] <= _ROW_SPLIT_CHANNELS)
             if self.row_split[-1]:
                 w = _row_split(w)
@@ -243,7 +248,10 @@ class FastKeyNet(nn.Module):
                 self.register_buffer(f"paired_w{i}", paired)
                 self.register_buffer(f"paired_b{i}", torch.cat([b, b]).to(dtype))
         self.num_blocks = len(blocks)
-        # Whether the blocks run on column pairs (see features); an attribute so tests can compare.
+        # Whether the blocks run in keynet's own kernel, or else on column pairs (see features);
+        # attributes so that tests can compare.
+        self.native_conv = (native.kernel_applies() and dtype == torch.float32
+                            and all(hasattr(self, f"native_w{i}") for i in range(self.num_blocks)))
         self.pair_columns = _PAIR_COLUMNS and not any(self.row_split)
         self.kernel_size = c["kernel_size"]
         # Rows of context a feature row depends on: 2 for the second derivatives, then each block's conv.
@@ -293,6 +301,10 @@ class FastKeyNet(nn.Module):
         """``features`` as computed, in the compute dtype and, for column pairs of an odd width w, with
         a zero column after the w valid ones; and w."""
         compiled = eager_on_cpu(x) and x.dtype == torch.float32
+        if compiled and self.native_conv and torch.get_num_threads() == 1:
+            # The kernel runs on the calling thread: where torch would spread a convolution over
+            # its threads (tasks disabled), oneDNN's runs instead.
+            return self._native_features(x), x.shape[-1]
         pair = compiled and self.pair_columns
         first = 0
         if compiled and self.single_filter:
@@ -313,6 +325,22 @@ class FastKeyNet(nn.Module):
             if f.shape[-1] != w:
                 f[..., w:] = 0
         return f, w
+
+    def _native_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The learned blocks' output for float32 (B,1,h,w) on the CPU by ``native.conv5x5_relu8``:
+        the maps and each block's output but the last are written inside a border of zeros, the
+        padding that the next convolution reads."""
+        b, _, h, w = x.shape
+        f = handcrafted_maps_channels_last(x, border=2)
+        for i in range(self.num_blocks):
+            border = 0 if i == self.num_blocks - 1 else 2
+            out = torch.empty((b, h + 2 * border, w + 2 * border, 8))
+            zero_border(out, border)
+            out = out.permute(0, 3, 1, 2)
+            native.conv5x5_relu8(f, getattr(self, f"native_w{i}"), getattr(self, f"b{i}"),
+                                 out[..., border : border + h, border : border + w])
+            f = out
+        return f
 
     def _features_around(self, x: torch.Tensor, s0: int, s1: int, computed: bool = False) -> tuple[torch.Tensor, int]:
         """Features of rows [f0, f1) of ``x``, exact on rows [s0, s1) (the ones near an inner edge

@@ -132,16 +132,28 @@ def _maps(x: np.ndarray, out: np.ndarray, d: np.ndarray, bf16: bool) -> None:
 
 
 def handcrafted_maps_channels_last(x: torch.Tensor, even_width: bool = False,
-                                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                                   dtype: torch.dtype = torch.float32, border: int = 0) -> torch.Tensor:
     """``inference.handcrafted_maps(x, dtype)`` for a float32 CPU tensor (B,1,H,W), dtype float32 or
     bfloat16: (B,10,H,W) in channels-last memory; with ``even_width`` and an odd W, (B,10,H,W+1) with
-    zeros in the last column."""
+    zeros in the last column; with ``border``, (B,10,H+2 border,W+2 border) with zeros around the
+    maps (the zero padding of the convolution that reads them)."""
     b, _, h, w = x.shape
     bf16 = dtype == torch.bfloat16
-    out = torch.empty((b, h, w + (w % 2 if even_width else 0), 10), dtype=torch.int16 if bf16 else torch.float32)
-    out[:, :, w:] = 0
-    _maps(x[:, 0].contiguous().numpy(), out.numpy(), _scratch(w), bf16)
+    width = w + (w % 2 if even_width else 0)
+    out = torch.empty((b, h + 2 * border, width + 2 * border, 10), dtype=torch.int16 if bf16 else torch.float32)
+    zero_border(out, border)
+    out[:, :, border + w : border + width] = 0
+    _maps(x[:, 0].contiguous().numpy(), out[:, border : border + h, border:].numpy(), _scratch(w), bf16)
     return (out.view(torch.bfloat16) if bf16 else out).permute(0, 3, 1, 2)
+
+
+def zero_border(a: torch.Tensor, border: int) -> None:
+    """Zeros in the outer ``border`` rows and columns of a (B, H, W, C) array."""
+    if border:
+        a[:, :border] = 0
+        a[:, -border:] = 0
+        a[:, :, :border] = 0
+        a[:, :, -border:] = 0
 
 
 @numba.njit(nogil=True, cache=True)

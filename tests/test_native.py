@@ -1,0 +1,88 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from keynet import native
+from keynet.inference import FastKeyNet
+from keynet.model import build_model
+
+from .test_inference import randomise_batchnorm
+
+needs_kernel = pytest.mark.skipif(not native.kernel_runs(), reason="native kernel not built or no AVX-512")
+
+
+def _padded(x: torch.Tensor) -> torch.Tensor:
+    return F.pad(x, (2, 2, 2, 2)).contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernel
+@pytest.mark.parametrize("channels", [8, 10])
+@pytest.mark.parametrize("h, w", [(1, 1), (3, 2), (5, 3), (6, 4), (7, 23), (4, 24), (9, 25), (3, 50), (2, 71)])
+def test_kernel_equals_conv2d_relu(channels, h, w):
+    """Every width path: single pixels, 4-pixel blocks, 24-pixel blocks, and a last block that
+    overlaps the one before it."""
+    g = torch.Generator().manual_seed(h * 100 + w)
+    x = torch.randn(2, channels, h, w, generator=g)
+    weight, bias = torch.randn(8, channels, 5, 5, generator=g), torch.randn(8, generator=g)
+    out = torch.full((2, h, w, 8), float("nan")).permute(0, 3, 1, 2)
+    native.conv5x5_relu8(_padded(x), weight.permute(2, 3, 1, 0).contiguous(), bias, out)
+    expected = F.conv2d(x, weight, bias, padding=2).relu()
+    torch.testing.assert_close(out, expected, atol=1e-5 * expected.abs().max().item(), rtol=1e-5)
+
+
+@needs_kernel
+def test_kernel_writes_only_inside_a_strided_destination():
+    """Writing into the interior of a larger buffer (the next convolution's zero border) leaves the
+    border as it was."""
+    x = torch.randn(1, 8, 6, 30)
+    weight, bias = torch.randn(8, 8, 5, 5), torch.randn(8)
+    buffer = torch.full((1, 10, 34, 8), -7.0).permute(0, 3, 1, 2)
+    native.conv5x5_relu8(_padded(x), weight.permute(2, 3, 1, 0).contiguous(), bias, buffer[..., 2:-2, 2:-2])
+    torch.testing.assert_close(buffer[..., 2:-2, 2:-2], F.conv2d(x, weight, bias, padding=2).relu(), atol=1e-4, rtol=1e-5)
+    border = torch.ones(10, 34, dtype=torch.bool)
+    border[2:-2, 2:-2] = False
+    assert (buffer[0][:, border] == -7.0).all()
+
+
+@needs_kernel
+def test_kernel_refuses_what_does_not_fit():
+    src, weight, bias = _padded(torch.rand(1, 8, 6, 6)), torch.rand(5, 5, 8, 8), torch.rand(8)
+    with pytest.raises(ValueError, match="shapes"):
+        native.conv5x5_relu8(src, weight, bias, torch.empty(1, 8, 6, 7).contiguous(memory_format=torch.channels_last))
+    with pytest.raises(ValueError, match="channels-last"):
+        native.conv5x5_relu8(src, weight, bias, torch.empty(1, 8, 6, 6))
+    with pytest.raises(ValueError, match="float32"):
+        native.conv5x5_relu8(src.double(), weight, bias, torch.empty(1, 8, 6, 6).contiguous(memory_format=torch.channels_last))
+
+
+@needs_kernel
+def test_network_on_the_kernel_equals_the_network(monkeypatch):
+    """The whole network with its learned blocks in the kernel, in row bands and a batch of two."""
+    calls = []
+    kernel = native.conv5x5_relu8
+    monkeypatch.setattr(native, "conv5x5_relu8", lambda *args: calls.append(1) or kernel(*args))
+    torch.manual_seed(3)
+    net = randomise_batchnorm(build_model("keynet"))
+    fast = FastKeyNet(net)
+    fast.native_conv = True
+    x = torch.rand(2, 1, 150, 77)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the kernel serves single-threaded convolutions only
+    try:
+        with torch.no_grad():
+            plain, banded = net(x), fast(x, band_pixels=64 * 77)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 3 * 3 * 3  # blocks x levels x bands
+    assert (plain > 0).float().mean() > 0.05
+    assert (banded - plain).abs().max() <= 1e-5 * plain.abs().max()
+
+
+def test_zen4_is_told_from_cpuinfo():
+    zen4 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: fpu sse avx2 fma avx512f avx512vl\n"
+    zen3 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nflags\t\t: fpu sse avx2 fma\n"
+    intel = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\nflags\t\t: fpu sse avx2 fma avx512f avx512vl amx_tile\n"
+    assert native.is_zen4(zen4 + "\n" + zen4)
+    assert not native.is_zen4(zen3)
+    assert not native.is_zen4(intel)
+    assert not native.is_zen4("")

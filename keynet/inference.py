@@ -297,14 +297,15 @@ class FastKeyNet(nn.Module):
             f = f[..., :w].contiguous(memory_format=torch.channels_last)
         return f.float()
 
-    def _computed_features(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _computed_features(self, x: torch.Tensor, rows: tuple[int, int] | None = None) -> tuple[torch.Tensor, int]:
         """``features`` as computed, in the compute dtype and, for column pairs of an odd width w, with
-        a zero column after the w valid ones; and w."""
+        a zero column after the w valid ones; and w. With ``rows`` (r0, r1), only those rows need
+        to be right (the others may hold anything)."""
         compiled = eager_on_cpu(x) and x.dtype == torch.float32
         if compiled and self.native_conv and torch.get_num_threads() == 1:
             # The kernel runs on the calling thread: where torch would spread a convolution over
             # its threads (tasks disabled), oneDNN's runs instead.
-            return self._native_features(x), x.shape[-1]
+            return self._native_features(x, rows or (0, x.shape[-2])), x.shape[-1]
         pair = compiled and self.pair_columns
         first = 0
         if compiled and self.single_filter:
@@ -326,19 +327,23 @@ class FastKeyNet(nn.Module):
                 f[..., w:] = 0
         return f, w
 
-    def _native_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The learned blocks' output for float32 (B,1,h,w) on the CPU by ``native.conv5x5_relu8``:
-        the maps and each block's output but the last are written inside a border of zeros, the
-        padding that the next convolution reads."""
+    def _native_features(self, x: torch.Tensor, rows: tuple[int, int]) -> torch.Tensor:
+        """The learned blocks' output for float32 (B,1,h,w) on the CPU by ``native.conv5x5_relu8``,
+        right on rows [r0, r1). The maps and each block's output but the last are written inside a
+        border of zeros, the padding that the next convolution reads. Each block computes only the
+        rows that the right rows depend on: 2 fewer on each side per block still to come (rows
+        near a band's inner edge, which feed only rows that are not kept)."""
         b, _, h, w = x.shape
         f = handcrafted_maps_channels_last(x, border=2)
         for i in range(self.num_blocks):
+            reach = self.padding * (self.num_blocks - 1 - i)
+            lo, hi = max(0, rows[0] - reach), min(h, rows[1] + reach)
             border = 0 if i == self.num_blocks - 1 else 2
             out = torch.empty((b, h + 2 * border, w + 2 * border, 8))
             zero_border(out, border)
             out = out.permute(0, 3, 1, 2)
-            native.conv5x5_relu8(f, getattr(self, f"native_w{i}"), getattr(self, f"b{i}"),
-                                 out[..., border : border + h, border : border + w])
+            native.conv5x5_relu8(f[..., lo : hi + 4, :], getattr(self, f"native_w{i}"), getattr(self, f"b{i}"),
+                                 out[..., border + lo : border + hi, border : border + w])
             f = out
         return f
 
@@ -348,7 +353,7 @@ class FastKeyNet(nn.Module):
         (compute dtype, maybe a zero column more)."""
         f0, f1 = max(0, s0 - self.feature_halo), min(x.shape[-2], s1 + self.feature_halo)
         part = x[..., f0:f1, :]
-        return (self._computed_features(part)[0] if computed else self.features(part)), f0
+        return (self._computed_features(part, (s0 - f0, s1 - f0))[0] if computed else self.features(part)), f0
 
     def _final_term(self, f: torch.Tensor, level: int) -> torch.Tensor:
         """Level ``level``'s share of the final convolution, (B,1,h,w), from its (upsampled) features."""

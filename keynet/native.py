@@ -69,12 +69,13 @@ def conv5x5_relu8(src: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, d
     """dst = relu(bias + conv2d(src without its border, weight, zero padding 2)), written in place.
 
     Args:
-        src: (B, C, h + 4, w + 4) float32 in channels-last memory: the input with a border of 2
-            pixels on each side that holds zeros (the padding).
+        src: (B, C, h + 4, w + 4) float32 whose rows are channels-last (each pixel's C channels
+            contiguous, pixels adjacent; e.g. rows of a channels-last tensor): the input with a
+            border of 2 pixels on each side that holds zeros (the padding).
         weight: (5, 5, C, 8) float32, contiguous: ``conv_weight.permute(2, 3, 1, 0)``.
         bias: (8,) float32.
-        dst: (B, 8, h, w) float32 whose pixels are 8 contiguous floats and whose columns are
-            adjacent (channels-last memory, or the interior of a larger such tensor).
+        dst: (B, 8, h, w) float32 with channels-last rows likewise (e.g. the interior of a larger
+            channels-last tensor).
     """
     if not kernel_runs():
         raise RuntimeError("keynet's native kernel is not built, or this CPU lacks AVX-512 (see keynet/native.py)")
@@ -85,9 +86,10 @@ def conv5x5_relu8(src: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, d
                          f"bias {tuple(bias.shape)}, dst {tuple(dst.shape)}")
     if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (src, weight, bias, dst)):
         raise ValueError("conv5x5_relu8 takes float32 CPU tensors")
-    if not (src.is_contiguous(memory_format=torch.channels_last) and weight.is_contiguous() and bias.is_contiguous()
-            and dst.stride(1) == 1 and dst.stride(3) == 8):
-        raise ValueError("conv5x5_relu8 takes channels-last src and dst and contiguous weight and bias")
+    if not (src.stride(1) == 1 and src.stride(3) == c and dst.stride(1) == 1 and dst.stride(3) == 8
+            and weight.is_contiguous() and bias.is_contiguous()):
+        raise ValueError("conv5x5_relu8 takes src and dst with channels-last rows (each pixel's channels "
+                         "contiguous, pixels adjacent) and contiguous weight and bias")
     for i in range(b):
         _KERNEL(src[i].data_ptr(), src.stride(2), h, w, c, weight.data_ptr(), bias.data_ptr(), dst[i].data_ptr(),
                 dst.stride(2))

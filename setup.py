@@ -9,5 +9,5 @@ from setuptools import Extension, setup
 extensions = []
 if platform.machine().lower() in ("x86_64", "amd64"):
     extensions.append(Extension("keynet._conv5x5", ["keynet/csrc/conv5x5.c"],
-                                extra_compile_args=["-O3", "-mavx512f", "-mavx512vl", "-mfma"], optional=True))
+                                extra_compile_args=["-O3", "-mavx512f", "-mavx512vl", "-mavx512bf16", "-mfma"], optional=True))
 setup(ext_modules=extensions)

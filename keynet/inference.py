@@ -236,8 +236,9 @@ class FastKeyNet(nn.Module):
                 self.single_filter = dtype == torch.float32 and w.shape[0] == 1 and w.shape[-1] == 5
                 if self.single_filter:
                     self.register_buffer("single_w", w.clone())
-            if w.shape[0] == 8 and w.shape[-1] == 5:  # the layout native.conv5x5_relu8 reads
-                self.register_buffer(f"native_w{i}", w.permute(2, 3, 1, 0).contiguous())
+            if w.shape[0] == 8 and w.shape[-1] == 5 and w.shape[1] % 2 == 0:  # what native.conv5x5_relu8 takes
+                self.register_buffer(f"native_w{i}", native.pack_weight(w, dtype))
+                self.register_buffer(f"native_b{i}", b.clone())
             self.row_split.append(w.shape[0] * w.shape[2] <= _ROW_SPLIT_CHANNELS)
             if self.row_split[-1]:
                 w = _row_split(w)
@@ -250,7 +251,7 @@ class FastKeyNet(nn.Module):
         self.num_blocks = len(blocks)
         # Whether the blocks run in keynet's own kernel, or else on column pairs (see features);
         # attributes so that tests can compare.
-        self.native_conv = (native.kernel_applies() and dtype == torch.float32
+        self.native_conv = (native.kernel_applies(dtype)
                             and all(hasattr(self, f"native_w{i}") for i in range(self.num_blocks)))
         self.pair_columns = _PAIR_COLUMNS and not any(self.row_split)
         self.kernel_size = c["kernel_size"]
@@ -328,21 +329,21 @@ class FastKeyNet(nn.Module):
         return f, w
 
     def _native_features(self, x: torch.Tensor, rows: tuple[int, int]) -> torch.Tensor:
-        """The learned blocks' output for float32 (B,1,h,w) on the CPU by ``native.conv5x5_relu8``,
-        right on rows [r0, r1). The maps and each block's output but the last are written inside a
+        """The learned blocks' output (in the compute dtype) for float32 (B,1,h,w) on the CPU by
+        ``native.conv5x5_relu8``, right on rows [r0, r1). The maps and each block's output but the last are written inside a
         border of zeros, the padding that the next convolution reads. Each block computes only the
         rows that the right rows depend on: 2 fewer on each side per block still to come (rows
         near a band's inner edge, which feed only rows that are not kept)."""
         b, _, h, w = x.shape
-        f = handcrafted_maps_channels_last(x, border=2)
+        f = handcrafted_maps_channels_last(x, dtype=self.dtype, border=2)
         for i in range(self.num_blocks):
             reach = self.padding * (self.num_blocks - 1 - i)
             lo, hi = max(0, rows[0] - reach), min(h, rows[1] + reach)
             border = 0 if i == self.num_blocks - 1 else 2
-            out = torch.empty((b, h + 2 * border, w + 2 * border, 8))
+            out = torch.empty((b, h + 2 * border, w + 2 * border, 8), dtype=self.dtype)
             zero_border(out, border)
             out = out.permute(0, 3, 1, 2)
-            native.conv5x5_relu8(f[..., lo : hi + 4, :], getattr(self, f"native_w{i}"), getattr(self, f"b{i}"),
+            native.conv5x5_relu8(f[..., lo : hi + 4, :], getattr(self, f"native_w{i}"), getattr(self, f"native_b{i}"),
                                  out[..., border + lo : border + hi, border : border + w])
             f = out
         return f

@@ -1,13 +1,14 @@
-"""keynet's hand-written convolution kernel (``csrc/conv5x5.c``), and the CPUs it is used on.
+"""keynet's hand-written convolution kernels (``csrc/conv5x5.c``), and the CPUs they are used on.
 
 oneDNN runs Key.Net's 8-channel convolutions with AVX-512 in 16-float vectors: either half of each
 vector multiplies zeros, or (``inference._pair_columns``) two columns share a vector and 17% of the
-products have zero weights. The kernel computes one pixel's 8 channels in one 8-float vector, with
-no zero products. On AMD Zen 4, whose AVX-512 units execute a 16-float operation as two 8-float
-halves, 8-float vectors do the same work per cycle, so the kernel is faster there (about 1.1x
-per convolution in development measurements); on CPUs with full-width AVX-512 units oneDNN's
-16-float vectors are faster, and on others the kernel's instructions do not exist. The choice
-depends only on the CPU, so a machine always computes the same results.
+products have zero weights. The kernels compute one pixel's 8 channels in one 8-float vector, with
+no zero products, in float32 or (with AVX512-BF16) on bfloat16 maps and features. On AMD Zen 4,
+whose AVX-512 units execute a 16-float operation as two 8-float halves, 8-float vectors do the
+same work per cycle, so the kernels are faster there (1.1-1.2x per convolution in development
+measurements); on CPUs with full-width AVX-512 units oneDNN's 16-float vectors are faster, and on
+others the kernels' instructions do not exist. The choice depends only on the CPU, so a machine
+always computes the same results.
 
 The library is built by ``pip install`` (``setup.py``) where the compiler targets x86-64, and it is
 optional: without it keynet runs the same network with oneDNN's convolutions.
@@ -22,74 +23,104 @@ from typing import Callable
 
 import torch
 
+_ARGTYPES = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
+_MAX_CHANNELS = 16  # the kernels' MAX_CHANNELS
 
-def _load() -> Callable[..., None] | None:
+
+def _load() -> dict[torch.dtype, Callable[..., None]]:
     try:
         from . import _conv5x5
     except ImportError:
-        return None
-    fn = ctypes.CDLL(_conv5x5.__file__).keynet_conv5x5_relu8
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
-    fn.restype = None
-    return fn
+        return {}
+    lib = ctypes.CDLL(_conv5x5.__file__)
+    kernels = {torch.float32: lib.keynet_conv5x5_relu8, torch.bfloat16: lib.keynet_conv5x5_relu8_bf16}
+    for fn in kernels.values():
+        fn.argtypes, fn.restype = _ARGTYPES, None
+    return kernels
 
 
-_KERNEL = _load()
+_KERNELS = _load()
+
+
+def _cpu_fields(cpuinfo: str) -> dict[str, str]:
+    """The first processor's fields in Linux's /proc/cpuinfo text."""
+    first = cpuinfo.split("\n\n")[0]
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
 
 
 def is_zen4(cpuinfo: str) -> bool:
-    """Whether Linux's /proc/cpuinfo text describes an AMD family 19h CPU (Zen 3 and Zen 4) with
-    AVX-512, which only Zen 4 has."""
-    first = cpuinfo.split("\n\n")[0]  # the first processor's fields
-    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
+    """Whether /proc/cpuinfo text describes an AMD family 19h CPU (Zen 3 and Zen 4) with AVX-512,
+    which only Zen 4 has."""
+    fields = _cpu_fields(cpuinfo)
     return (fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == "25"
-            and {"avx512f", "avx512vl", "fma"} <= set(fields.get("flags", "").split()))
+            and {"avx512f", "avx512vl"} <= set(fields.get("flags", "").split()))
 
 
 @lru_cache(maxsize=None)
-def _this_cpu_is_zen4() -> bool:
+def _cpuinfo() -> str:
     try:
-        return is_zen4(Path("/proc/cpuinfo").read_text())
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return ""
 
 
-def kernel_runs() -> bool:
-    """Whether ``conv5x5_relu8`` is built and this CPU has its instructions (AVX-512)."""
-    return _KERNEL is not None and torch.backends.cpu.get_cpu_capability() == "AVX512"
+def kernel_runs(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the kernel for ``dtype`` is built and this CPU has its instructions (AVX-512 F and
+    VL; for bfloat16 also AVX512-BF16)."""
+    flags = set(_cpu_fields(_cpuinfo()).get("flags", "").split())
+    needed = {"avx512f", "avx512vl", "fma"} | ({"avx512_bf16"} if dtype == torch.bfloat16 else set())
+    return dtype in _KERNELS and needed <= flags
 
 
-def kernel_applies() -> bool:
-    """Whether ``conv5x5_relu8`` runs here and is the faster convolution on this CPU (see above)."""
-    return kernel_runs() and _this_cpu_is_zen4()
+def kernel_applies(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the kernel for ``dtype`` runs here and is the faster convolution on this CPU (above)."""
+    return kernel_runs(dtype) and is_zen4(_cpuinfo())
+
+
+def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A (8, C, 5, 5) convolution weight in the layout the kernel for ``dtype`` reads: float32
+    (5, 5, C, 8); bfloat16 (5, 5, C / 2, 8, 2), input channels in pairs (C even)."""
+    w = weight.permute(2, 3, 1, 0)  # (5, 5, C, 8)
+    if dtype == torch.bfloat16:
+        w = w.reshape(5, 5, -1, 2, 8).transpose(3, 4)
+    return w.to(dtype).contiguous()
 
 
 def conv5x5_relu8(src: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dst: torch.Tensor) -> None:
-    """dst = relu(bias + conv2d(src without its border, weight, zero padding 2)), written in place.
+    """dst = relu(bias + conv2d(src without its border, weight, zero padding 2)), written in place;
+    in bfloat16 the products are summed in float32 and the result rounded to bfloat16.
 
     Args:
-        src: (B, C, h + 4, w + 4) float32 whose rows are channels-last (each pixel's C channels
-            contiguous, pixels adjacent; e.g. rows of a channels-last tensor): the input with a
-            border of 2 pixels on each side that holds zeros (the padding).
-        weight: (5, 5, C, 8) float32, contiguous: ``conv_weight.permute(2, 3, 1, 0)``.
+        src: (B, C, h + 4, w + 4) float32 or bfloat16 whose rows are channels-last (each pixel's C
+            channels contiguous, pixels adjacent; e.g. rows of a channels-last tensor): the input
+            with a border of 2 pixels on each side that holds zeros (the padding). C <= 16, even
+            for bfloat16.
+        weight: ``pack_weight(conv_weight, src.dtype)``.
         bias: (8,) float32.
-        dst: (B, 8, h, w) float32 with channels-last rows likewise (e.g. the interior of a larger
-            channels-last tensor).
+        dst: (B, 8, h, w) of src's dtype with channels-last rows likewise (e.g. the interior of a
+            larger channels-last tensor).
     """
-    if not kernel_runs():
-        raise RuntimeError("keynet's native kernel is not built, or this CPU lacks AVX-512 (see keynet/native.py)")
+    dtype = src.dtype
+    if not kernel_runs(dtype):
+        raise RuntimeError(f"keynet's native {dtype} kernel is not built, or this CPU lacks its "
+                           "instructions (see keynet/native.py)")
     b, c, hp, wp = src.shape
     h, w = hp - 4, wp - 4
-    if dst.shape != (b, 8, h, w) or weight.shape != (5, 5, c, 8) or bias.shape != (8,):
+    packed = (5, 5, c // 2, 8, 2) if dtype == torch.bfloat16 else (5, 5, c, 8)
+    if (dst.shape != (b, 8, h, w) or weight.shape != packed or bias.shape != (8,) or c > _MAX_CHANNELS
+            or (dtype == torch.bfloat16 and c % 2)):
         raise ValueError(f"shapes do not fit: src {tuple(src.shape)}, weight {tuple(weight.shape)}, "
                          f"bias {tuple(bias.shape)}, dst {tuple(dst.shape)}")
-    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (src, weight, bias, dst)):
-        raise ValueError("conv5x5_relu8 takes float32 CPU tensors")
+    if (dst.dtype, weight.dtype, bias.dtype) != (dtype, dtype, torch.float32) or any(
+            t.device.type != "cpu" for t in (src, weight, bias, dst)):
+        raise ValueError("conv5x5_relu8 takes CPU tensors: src, weight and dst float32 or all bfloat16, "
+                         "bias float32")
     if not (src.stride(1) == 1 and src.stride(3) == c and dst.stride(1) == 1 and dst.stride(3) == 8
             and weight.is_contiguous() and bias.is_contiguous()):
         raise ValueError("conv5x5_relu8 takes src and dst with channels-last rows (each pixel's channels "
                          "contiguous, pixels adjacent) and contiguous weight and bias")
+    kernel = _KERNELS[dtype]
     for i in range(b):
-        _KERNEL(src[i].data_ptr(), src.stride(2), h, w, c, weight.data_ptr(), bias.data_ptr(), dst[i].data_ptr(),
-                dst.stride(2))
+        kernel(src[i].data_ptr(), src.stride(2), h, w, c, weight.data_ptr(), bias.data_ptr(), dst[i].data_ptr(),
+               dst.stride(2))

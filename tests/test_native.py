@@ -19,15 +19,30 @@ def _padded(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("channels", [8, 10])
 @pytest.mark.parametrize("h, w", [(1, 1), (3, 2), (5, 3), (6, 4), (7, 23), (4, 24), (9, 25), (3, 50), (2, 71)])
 def test_kernel_equals_conv2d_relu(channels, h, w):
-    """Every width path: single pixels, 4-pixel blocks, 24-pixel blocks, and a last block that
-    overlaps the one before it."""
+    """Every width path: rows narrower than a block, 4-pixel blocks, 24-pixel blocks, and a last
+    block that overlaps the one before it."""
     g = torch.Generator().manual_seed(h * 100 + w)
     x = torch.randn(2, channels, h, w, generator=g)
     weight, bias = torch.randn(8, channels, 5, 5, generator=g), torch.randn(8, generator=g)
     out = torch.full((2, h, w, 8), float("nan")).permute(0, 3, 1, 2)
-    native.conv5x5_relu8(_padded(x), weight.permute(2, 3, 1, 0).contiguous(), bias, out)
+    native.conv5x5_relu8(_padded(x), native.pack_weight(weight, torch.float32), bias, out)
     expected = F.conv2d(x, weight, bias, padding=2).relu()
     torch.testing.assert_close(out, expected, atol=1e-5 * expected.abs().max().item(), rtol=1e-5)
+
+
+@pytest.mark.skipif(not native.kernel_runs(torch.bfloat16), reason="no native bfloat16 kernel or no AVX512-BF16")
+@pytest.mark.parametrize("channels", [8, 10])
+@pytest.mark.parametrize("h, w", [(2, 1), (3, 3), (6, 4), (5, 29), (3, 48)])
+def test_bfloat16_kernel_equals_conv2d_of_the_rounded_values(channels, h, w):
+    """The products of bfloat16 inputs and weights summed in float32, rounded once to bfloat16."""
+    g = torch.Generator().manual_seed(h * 100 + w)
+    x = torch.randn(2, channels, h, w, generator=g).bfloat16()
+    weight, bias = torch.randn(8, channels, 5, 5, generator=g), torch.randn(8, generator=g)
+    out = torch.full((2, h, w, 8), float("nan"), dtype=torch.bfloat16).permute(0, 3, 1, 2)
+    native.conv5x5_relu8(_padded(x), native.pack_weight(weight, torch.bfloat16), bias, out)
+    expected = F.conv2d(x.float(), weight.bfloat16().float(), bias, padding=2).relu()
+    # one rounding to bfloat16 (8 bits), after float32 sums in another order
+    torch.testing.assert_close(out.float(), expected, atol=1e-5 * expected.abs().max().item(), rtol=2**-8)
 
 
 @needs_kernel
@@ -37,7 +52,7 @@ def test_kernel_writes_only_inside_a_strided_destination():
     x = torch.randn(1, 8, 6, 30)
     weight, bias = torch.randn(8, 8, 5, 5), torch.randn(8)
     buffer = torch.full((1, 10, 34, 8), -7.0).permute(0, 3, 1, 2)
-    native.conv5x5_relu8(_padded(x), weight.permute(2, 3, 1, 0).contiguous(), bias, buffer[..., 2:-2, 2:-2])
+    native.conv5x5_relu8(_padded(x), native.pack_weight(weight, torch.float32), bias, buffer[..., 2:-2, 2:-2])
     torch.testing.assert_close(buffer[..., 2:-2, 2:-2], F.conv2d(x, weight, bias, padding=2).relu(), atol=1e-4, rtol=1e-5)
     border = torch.ones(10, 34, dtype=torch.bool)
     border[2:-2, 2:-2] = False
@@ -52,18 +67,20 @@ def test_kernel_refuses_what_does_not_fit():
     with pytest.raises(ValueError, match="channels-last"):
         native.conv5x5_relu8(src, weight, bias, torch.empty(1, 8, 6, 6))
     with pytest.raises(ValueError, match="float32"):
-        native.conv5x5_relu8(src.double(), weight, bias, torch.empty(1, 8, 6, 6).contiguous(memory_format=torch.channels_last))
+        native.conv5x5_relu8(src, weight, bias.double(), torch.empty(1, 8, 6, 6).contiguous(memory_format=torch.channels_last))
 
 
-@needs_kernel
-def test_network_on_the_kernel_equals_the_network(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_network_on_the_kernel_equals_the_network(dtype, monkeypatch):
     """The whole network with its learned blocks in the kernel, in row bands and a batch of two."""
+    if not native.kernel_runs(dtype):
+        pytest.skip(f"no native {dtype} kernel here")
     calls = []
     kernel = native.conv5x5_relu8
     monkeypatch.setattr(native, "conv5x5_relu8", lambda *args: calls.append(1) or kernel(*args))
     torch.manual_seed(3)
     net = randomise_batchnorm(build_model("keynet"))
-    fast = FastKeyNet(net)
+    fast = FastKeyNet(net, dtype)
     fast.native_conv = True
     x = torch.rand(2, 1, 150, 77)
     threads = torch.get_num_threads()
@@ -75,7 +92,8 @@ def test_network_on_the_kernel_equals_the_network(monkeypatch):
         torch.set_num_threads(threads)
     assert len(calls) == 3 * 3 * 3  # blocks x levels x bands
     assert (plain > 0).float().mean() > 0.05
-    assert (banded - plain).abs().max() <= 1e-5 * plain.abs().max()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2  # bfloat16 maps and features have 8 bits
+    assert (banded - plain).abs().max() <= tol * plain.abs().max()
 
 
 def test_zen4_is_told_from_cpuinfo():

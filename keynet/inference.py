@@ -32,6 +32,8 @@ What changes, and why it is exact in real arithmetic:
 
 from __future__ import annotations
 
+import math
+import threading
 from fractions import Fraction
 from functools import lru_cache, partial
 
@@ -204,6 +206,30 @@ def _fused_conv_relu_applies(x: torch.Tensor) -> bool:
 # dtypes the learned blocks can run in
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
+_thread_buffers: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def thread_buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised contiguous tensor in memory that this thread keeps under ``name`` and gets
+    again on its next request (grown when too small; ``release_thread_buffers`` frees them all).
+
+    Memory freed by one call and allocated again by the next may have been given back to the
+    system in between, and then costs a page fault per 4 KB page (about a millisecond per
+    megabyte on this project's VMs): up to 15% of a response in benchmark runs. The native path's
+    maps and features (up to about 50 MB per thread, for the largest band) stay instead."""
+    key = (threading.get_ident(), name)
+    size = math.prod(shape) * dtype.itemsize
+    buffer = _thread_buffers.get(key)
+    if buffer is None or buffer.numel() < size:
+        buffer = _thread_buffers[key] = torch.empty(size, dtype=torch.uint8)
+    return buffer[:size].view(dtype).view(shape)
+
+
+def release_thread_buffers() -> None:
+    """Frees the memory ``thread_buffer`` keeps (in every thread); call between calls of keynet."""
+    _thread_buffers.clear()
+
+
 
 class FastKeyNet(nn.Module):
     """Inference-only copy of a ``KeyNet`` (its weights at construction time). (B,1,H,W) -> (B,1,H,W).
@@ -298,15 +324,16 @@ class FastKeyNet(nn.Module):
             f = f[..., :w].contiguous(memory_format=torch.channels_last)
         return f.float()
 
-    def _computed_features(self, x: torch.Tensor, rows: tuple[int, int] | None = None) -> tuple[torch.Tensor, int]:
+    def _computed_features(self, x: torch.Tensor, rows: tuple[int, int] | None = None,
+                           slot: int | None = None) -> tuple[torch.Tensor, int]:
         """``features`` as computed, in the compute dtype and, for column pairs of an odd width w, with
         a zero column after the w valid ones; and w. With ``rows`` (r0, r1), only those rows need
-        to be right (the others may hold anything)."""
+        to be right (the others may hold anything); ``slot``: see ``_native_features``."""
         compiled = eager_on_cpu(x) and x.dtype == torch.float32
         if compiled and self.native_conv and torch.get_num_threads() == 1:
             # The kernel runs on the calling thread: where torch would spread a convolution over
             # its threads (tasks disabled), oneDNN's runs instead.
-            return self._native_features(x, rows or (0, x.shape[-2])), x.shape[-1]
+            return self._native_features(x, rows or (0, x.shape[-2]), slot), x.shape[-1]
         pair = compiled and self.pair_columns
         first = 0
         if compiled and self.single_filter:
@@ -328,19 +355,29 @@ class FastKeyNet(nn.Module):
                 f[..., w:] = 0
         return f, w
 
-    def _native_features(self, x: torch.Tensor, rows: tuple[int, int]) -> torch.Tensor:
+    def _native_features(self, x: torch.Tensor, rows: tuple[int, int], slot: int | None) -> torch.Tensor:
         """The learned blocks' output (in the compute dtype) for float32 (B,1,h,w) on the CPU by
-        ``native.conv5x5_relu8``, right on rows [r0, r1). The maps and each block's output but the last are written inside a
-        border of zeros, the padding that the next convolution reads. Each block computes only the
-        rows that the right rows depend on: 2 fewer on each side per block still to come (rows
-        near a band's inner edge, which feed only rows that are not kept)."""
+        ``native.conv5x5_relu8``, right on rows [r0, r1). The maps and each block's output but the
+        last are written inside a border of zeros, the padding that the next convolution reads.
+        Each block computes only the rows that the right rows depend on: 2 fewer on each side per
+        block still to come (rows near a band's inner edge, which feed only rows that are not kept).
+
+        The maps and the blocks' outputs but the last are written into this thread's buffers
+        (``thread_buffer``), and with ``slot`` the last one too, under that slot: the caller must
+        be done with it before the thread asks for the same slot again."""
         b, _, h, w = x.shape
-        f = handcrafted_maps_channels_last(x, dtype=self.dtype, border=2)
+        maps = thread_buffer("maps", (b, h + 4, w + 4, 10), self.dtype)
+        f = handcrafted_maps_channels_last(x, dtype=self.dtype, border=2, out=maps)
         for i in range(self.num_blocks):
             reach = self.padding * (self.num_blocks - 1 - i)
             lo, hi = max(0, rows[0] - reach), min(h, rows[1] + reach)
-            border = 0 if i == self.num_blocks - 1 else 2
-            out = torch.empty((b, h + 2 * border, w + 2 * border, 8), dtype=self.dtype)
+            last = i == self.num_blocks - 1
+            border = 0 if last else 2
+            shape = (b, h + 2 * border, w + 2 * border, 8)
+            if last and slot is None:
+                out = torch.empty(shape, dtype=self.dtype)
+            else:
+                out = thread_buffer(f"features {slot}" if last else f"block {i % 2}", shape, self.dtype)
             zero_border(out, border)
             out = out.permute(0, 3, 1, 2)
             native.conv5x5_relu8(f[..., lo : hi + 4, :], getattr(self, f"native_w{i}"), getattr(self, f"native_b{i}"),
@@ -348,13 +385,14 @@ class FastKeyNet(nn.Module):
             f = out
         return f
 
-    def _features_around(self, x: torch.Tensor, s0: int, s1: int, computed: bool = False) -> tuple[torch.Tensor, int]:
+    def _features_around(self, x: torch.Tensor, s0: int, s1: int, computed: bool = False,
+                         slot: int | None = None) -> tuple[torch.Tensor, int]:
         """Features of rows [f0, f1) of ``x``, exact on rows [s0, s1) (the ones near an inner edge
         of the slice are not), and f0; with ``computed``, as ``_computed_features`` returns them
         (compute dtype, maybe a zero column more)."""
         f0, f1 = max(0, s0 - self.feature_halo), min(x.shape[-2], s1 + self.feature_halo)
         part = x[..., f0:f1, :]
-        return (self._computed_features(part, (s0 - f0, s1 - f0))[0] if computed else self.features(part)), f0
+        return (self._computed_features(part, (s0 - f0, s1 - f0), slot)[0] if computed else self.features(part)), f0
 
     def _final_term(self, f: torch.Tensor, level: int) -> torch.Tensor:
         """Level ``level``'s share of the final convolution, (B,1,h,w), from its (upsampled) features."""
@@ -370,9 +408,10 @@ class FastKeyNet(nn.Module):
         # Each level's features around the source rows of rows [a, z) of its resize to the image grid
         # (level 0's is the identity), as indices into those features.
         feats, rows = [], []
-        for level in pyramid:
+        for j, level in enumerate(pyramid):
             i0, i1, weight = _source_rows(a, z, level.shape[-2], h)
-            f, f0 = self._features_around(level, int(i0[0]), int(i1[-1]) + 1, computed=compiled)
+            # the features are used up by the end of this band: this thread's buffers can hold them
+            f, f0 = self._features_around(level, int(i0[0]), int(i1[-1]) + 1, computed=compiled, slot=j)
             feats.append(f)
             rows.append((i0 - f0, i1 - f0, weight))
         if compiled:

@@ -131,16 +131,22 @@ def _maps(x: np.ndarray, out: np.ndarray, d: np.ndarray, bf16: bool) -> None:
                         o[c, ch] = np.int16(np.uint16((v + np.uint32(0x7FFF) + ((v >> 16) & 1)) >> 16))
 
 
-def handcrafted_maps_channels_last(x: torch.Tensor, even_width: bool = False,
-                                   dtype: torch.dtype = torch.float32, border: int = 0) -> torch.Tensor:
+def handcrafted_maps_channels_last(x: torch.Tensor, even_width: bool = False, dtype: torch.dtype = torch.float32,
+                                   border: int = 0, out: torch.Tensor | None = None) -> torch.Tensor:
     """``inference.handcrafted_maps(x, dtype)`` for a float32 CPU tensor (B,1,H,W), dtype float32 or
     bfloat16: (B,10,H,W) in channels-last memory; with ``even_width`` and an odd W, (B,10,H,W+1) with
     zeros in the last column; with ``border``, (B,10,H+2 border,W+2 border) with zeros around the
-    maps (the zero padding of the convolution that reads them)."""
+    maps (the zero padding of the convolution that reads them). ``out``: a contiguous (B, rows,
+    columns, 10) tensor of that size and dtype to write them into."""
     b, _, h, w = x.shape
     bf16 = dtype == torch.bfloat16
     width = w + (w % 2 if even_width else 0)
-    out = torch.empty((b, h + 2 * border, width + 2 * border, 10), dtype=torch.int16 if bf16 else torch.float32)
+    shape = (b, h + 2 * border, width + 2 * border, 10)
+    if out is None:
+        out = torch.empty(shape, dtype=dtype)
+    if out.shape != shape or out.dtype != dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {dtype} tensor of shape {shape}")
+    out = out.view(torch.int16) if bf16 else out
     zero_border(out, border)
     out[:, :, border + w : border + width] = 0
     _maps(x[:, 0].contiguous().numpy(), out[:, border : border + h, border:].numpy(), _scratch(w), bf16)

@@ -214,3 +214,24 @@ def test_column_pairs_give_the_plain_convolutions(width, dtype):
     assert paired.shape == plain.shape and paired.is_contiguous(memory_format=torch.channels_last)
     tol = 1e-6 if dtype == torch.float32 else 1e-2  # bfloat16 features are rounded to 8 bits
     assert (paired - plain).abs().max() <= tol * plain.abs().max()
+
+
+def test_thread_buffers_are_kept_per_thread_and_name():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from keynet.inference import release_thread_buffers, thread_buffer
+
+    release_thread_buffers()
+    a = thread_buffer("test", (4, 5), torch.float32)
+    assert thread_buffer("test", (2, 10), torch.float32).data_ptr() == a.data_ptr()  # the same memory again
+    assert thread_buffer("test", (3, 2), torch.bfloat16).data_ptr() == a.data_ptr()  # smaller, other dtype
+    assert thread_buffer("other", (4, 5), torch.float32).data_ptr() != a.data_ptr()
+    bigger = thread_buffer("test", (100, 5), torch.float32)
+    assert bigger.shape == (100, 5) and bigger.is_contiguous()
+    with ThreadPoolExecutor(1) as pool:
+        elsewhere = pool.submit(thread_buffer, "test", (100, 5), torch.float32).result()
+    assert elsewhere.data_ptr() != bigger.data_ptr()
+    release_thread_buffers()
+    from keynet import inference
+
+    assert not inference._thread_buffers

@@ -1,6 +1,6 @@
-"""keynet's one native kernel (``keynet/csrc/conv5x5.c``, see ``keynet/native.py``), built for x86-64
-with AVX-512 instructions and used only on CPUs where it is faster than oneDNN. It is optional: where
-it does not build, keynet runs the same network with oneDNN's convolutions."""
+"""keynet's native convolution kernels (``keynet/csrc/conv5x5.c``, see ``keynet/native.py``), built for
+x86-64 with AVX-512 instructions and used only on CPUs where they are faster than oneDNN. They are
+optional: where they do not build, keynet runs the same network with oneDNN's convolutions."""
 
 import platform
 
@@ -8,6 +8,6 @@ from setuptools import Extension, setup
 
 extensions = []
 if platform.machine().lower() in ("x86_64", "amd64"):
-    extensions.append(Extension("keynet._conv5x5", ["keynet/csrc/conv5x5.c"],
-                                extra_compile_args=["-O3", "-mavx512f", "-mavx512vl", "-mavx512bf16", "-mfma"], optional=True))
+    flags = ["-O3", "-mavx512f", "-mavx512vl", "-mavx512bf16", "-mfma"]
+    extensions.append(Extension("keynet._conv5x5", ["keynet/csrc/conv5x5.c"], extra_compile_args=flags, optional=True))
 setup(ext_modules=extensions)

@@ -226,9 +226,9 @@ def thread_buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torc
 
 
 def release_thread_buffers() -> None:
-    """Frees the memory ``thread_buffer`` keeps (in every thread); call between calls of keynet."""
+    """Frees the memory ``thread_buffer`` keeps, in every thread (once no keynet call is running;
+    later calls allocate it again)."""
     _thread_buffers.clear()
-
 
 
 class FastKeyNet(nn.Module):
@@ -389,7 +389,7 @@ class FastKeyNet(nn.Module):
                          slot: int | None = None) -> tuple[torch.Tensor, int]:
         """Features of rows [f0, f1) of ``x``, exact on rows [s0, s1) (the ones near an inner edge
         of the slice are not), and f0; with ``computed``, as ``_computed_features`` returns them
-        (compute dtype, maybe a zero column more)."""
+        (compute dtype, maybe a zero column more; ``slot``: see ``_native_features``)."""
         f0, f1 = max(0, s0 - self.feature_halo), min(x.shape[-2], s1 + self.feature_halo)
         part = x[..., f0:f1, :]
         return (self._computed_features(part, (s0 - f0, s1 - f0), slot)[0] if computed else self.features(part)), f0

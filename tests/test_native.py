@@ -53,7 +53,8 @@ def test_kernel_writes_only_inside_a_strided_destination():
     weight, bias = torch.randn(8, 8, 5, 5), torch.randn(8)
     buffer = torch.full((1, 10, 34, 8), -7.0).permute(0, 3, 1, 2)
     native.conv5x5_relu8(_padded(x), native.pack_weight(weight, torch.float32), bias, buffer[..., 2:-2, 2:-2])
-    torch.testing.assert_close(buffer[..., 2:-2, 2:-2], F.conv2d(x, weight, bias, padding=2).relu(), atol=1e-4, rtol=1e-5)
+    expected = F.conv2d(x, weight, bias, padding=2).relu()
+    torch.testing.assert_close(buffer[..., 2:-2, 2:-2], expected, atol=1e-4, rtol=1e-5)
     border = torch.ones(10, 34, dtype=torch.bool)
     border[2:-2, 2:-2] = False
     assert (buffer[0][:, border] == -7.0).all()
@@ -62,12 +63,13 @@ def test_kernel_writes_only_inside_a_strided_destination():
 @needs_kernel
 def test_kernel_refuses_what_does_not_fit():
     src, weight, bias = _padded(torch.rand(1, 8, 6, 6)), torch.rand(5, 5, 8, 8), torch.rand(8)
+    dst = torch.empty(1, 8, 6, 6).contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="shapes"):
         native.conv5x5_relu8(src, weight, bias, torch.empty(1, 8, 6, 7).contiguous(memory_format=torch.channels_last))
     with pytest.raises(ValueError, match="channels-last"):
         native.conv5x5_relu8(src, weight, bias, torch.empty(1, 8, 6, 6))
     with pytest.raises(ValueError, match="float32"):
-        native.conv5x5_relu8(src, weight, bias.double(), torch.empty(1, 8, 6, 6).contiguous(memory_format=torch.channels_last))
+        native.conv5x5_relu8(src, weight, bias.double(), dst)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -99,7 +101,8 @@ def test_network_on_the_kernel_equals_the_network(dtype, monkeypatch):
 def test_zen4_is_told_from_cpuinfo():
     zen4 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: fpu sse avx2 fma avx512f avx512vl\n"
     zen3 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nflags\t\t: fpu sse avx2 fma\n"
-    intel = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\nflags\t\t: fpu sse avx2 fma avx512f avx512vl amx_tile\n"
+    intel = ("vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+             "flags\t\t: fpu sse avx2 fma avx512f avx512vl amx_tile\n")
     assert native.is_zen4(zen4 + "\n" + zen4)
     assert not native.is_zen4(zen3)
     assert not native.is_zen4(intel)

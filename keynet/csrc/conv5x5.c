@@ -61,7 +61,8 @@ void keynet_conv5x5_relu8(const float *src, long src_stride, int h, int w, int c
         if (w < p) {  /* a block of SMALL_BLOCK pixels on a zero-extended copy, then the w that exist */
             float padded_in[5 * (SMALL_BLOCK + 4) * MAX_CHANNELS] = {0}, tmp[SMALL_BLOCK * 8];
             for (int ky = 0; ky < 5; ky++)
-                __builtin_memcpy(padded_in + ky * (SMALL_BLOCK + 4) * c, in + ky * src_stride, (w + 4) * c * sizeof *in);
+                __builtin_memcpy(padded_in + ky * (SMALL_BLOCK + 4) * c, in + ky * src_stride,
+                                 (w + 4) * c * sizeof *in);
             conv_block(padded_in, (SMALL_BLOCK + 4) * c, c, weight, b, tmp, SMALL_BLOCK);
             __builtin_memcpy(out, tmp, w * 8 * sizeof *out);
             continue;
@@ -124,7 +125,8 @@ void keynet_conv5x5_relu8_bf16(const unsigned short *src, long src_stride, int h
         if (w < p) {
             unsigned short padded_in[5 * (SMALL_BLOCK + 4) * MAX_CHANNELS] = {0}, tmp[SMALL_BLOCK * 8];
             for (int ky = 0; ky < 5; ky++)
-                __builtin_memcpy(padded_in + ky * (SMALL_BLOCK + 4) * c, in + ky * src_stride, (w + 4) * c * sizeof *in);
+                __builtin_memcpy(padded_in + ky * (SMALL_BLOCK + 4) * c, in + ky * src_stride,
+                                 (w + 4) * c * sizeof *in);
             conv_block_bf16(padded_in, (SMALL_BLOCK + 4) * c, c, weight, b, tmp, SMALL_BLOCK);
             __builtin_memcpy(out, tmp, w * 8 * sizeof *out);
             continue;

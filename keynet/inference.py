@@ -216,11 +216,16 @@ def thread_buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torc
     Memory freed by one call and allocated again by the next may have been given back to the
     system in between, and then costs a page fault per 4 KB page (about a millisecond per
     megabyte on this project's VMs): up to 15% of a response in benchmark runs. The native path's
-    maps and features (up to about 50 MB per thread, for the largest band) stay instead."""
+    maps and features (about 50 MB per thread for the largest bands) stay instead, until the
+    thread ends (they are dropped at the next allocation after that)."""
     key = (threading.get_ident(), name)
     size = math.prod(shape) * dtype.itemsize
     buffer = _thread_buffers.get(key)
     if buffer is None or buffer.numel() < size:
+        # (rare) also drop the buffers of threads that have ended, e.g. a server's request threads
+        alive = {t.ident for t in threading.enumerate()}
+        for ended in [k for k in list(_thread_buffers) if k[0] not in alive]:
+            _thread_buffers.pop(ended, None)
         buffer = _thread_buffers[key] = torch.empty(size, dtype=torch.uint8)
     return buffer[:size].view(dtype).view(shape)
 

@@ -7,8 +7,12 @@ no zero products, in float32 or (with AVX512-BF16) on bfloat16 maps and features
 whose AVX-512 units execute a 16-float operation as two 8-float halves, 8-float vectors do the
 same work per cycle, so the kernels are faster there (1.1-1.2x per convolution in development
 measurements); on CPUs with full-width AVX-512 units oneDNN's 16-float vectors are faster, and on
-others the kernels' instructions do not exist. The choice depends only on the CPU, so a machine
-always computes the same results.
+others the kernels' instructions do not exist. The kernels run on the calling thread, so
+``FastKeyNet`` uses them where a convolution runs on one torch thread (keynet's band and level
+tasks always do) and oneDNN's threaded convolution otherwise (``parallel.tasks_disabled()``, or a
+single band on several threads). The choice depends on the CPU and on those settings, not on
+timing: the same machine and settings always compute the same results; the two paths differ by
+float rounding (about 1e-6 of the response's maximum in float32, 1e-2 in bfloat16).
 
 The library is built by ``pip install`` (``setup.py``) where the compiler targets x86-64, and it is
 optional: without it keynet runs the same network with oneDNN's convolutions.
@@ -31,10 +35,11 @@ _MAX_CHANNELS = 16  # the kernels' MAX_CHANNELS
 def _load() -> dict[torch.dtype, Callable[..., None]]:
     try:
         from . import _conv5x5
-    except ImportError:
+
+        lib = ctypes.CDLL(_conv5x5.__file__)
+        kernels = {torch.float32: lib.keynet_conv5x5_relu8, torch.bfloat16: lib.keynet_conv5x5_relu8_bf16}
+    except (ImportError, OSError, AttributeError):  # not built, not loadable, or an older build
         return {}
-    lib = ctypes.CDLL(_conv5x5.__file__)
-    kernels = {torch.float32: lib.keynet_conv5x5_relu8, torch.bfloat16: lib.keynet_conv5x5_relu8_bf16}
     for fn in kernels.values():
         fn.argtypes, fn.restype = _ARGTYPES, None
     return kernels
@@ -65,12 +70,15 @@ def _cpuinfo() -> str:
         return ""
 
 
+@lru_cache(maxsize=None)
+def _cpu_flags() -> frozenset[str]:
+    return frozenset(_cpu_fields(_cpuinfo()).get("flags", "").split())
+
+
 def kernel_runs(dtype: torch.dtype = torch.float32) -> bool:
-    """Whether the kernel for ``dtype`` is built and this CPU has its instructions (AVX-512 F and
-    VL; for bfloat16 also AVX512-BF16)."""
-    flags = set(_cpu_fields(_cpuinfo()).get("flags", "").split())
-    needed = {"avx512f", "avx512vl", "fma"} | ({"avx512_bf16"} if dtype == torch.bfloat16 else set())
-    return dtype in _KERNELS and needed <= flags
+    """Whether the kernel for ``dtype`` is built and this CPU has the instructions the library was
+    compiled for (AVX-512 F, VL, BW, which the BF16 option brings, and AVX512-BF16)."""
+    return dtype in _KERNELS and {"avx512f", "avx512vl", "avx512bw", "avx512_bf16", "fma"} <= _cpu_flags()
 
 
 def kernel_applies(dtype: torch.dtype = torch.float32) -> bool:

@@ -228,10 +228,16 @@ def test_thread_buffers_are_kept_per_thread_and_name():
     assert thread_buffer("other", (4, 5), torch.float32).data_ptr() != a.data_ptr()
     bigger = thread_buffer("test", (100, 5), torch.float32)
     assert bigger.shape == (100, 5) and bigger.is_contiguous()
-    with ThreadPoolExecutor(1) as pool:
-        elsewhere = pool.submit(thread_buffer, "test", (100, 5), torch.float32).result()
-    assert elsewhere.data_ptr() != bigger.data_ptr()
-    release_thread_buffers()
+    import threading
+
     from keynet import inference
 
+    with ThreadPoolExecutor(1) as pool:
+        elsewhere, worker = pool.submit(lambda: (thread_buffer("test", (100, 5), torch.float32),
+                                                 threading.get_ident())).result()
+    assert elsewhere.data_ptr() != bigger.data_ptr()
+    assert any(key[0] == worker for key in inference._thread_buffers)
+    thread_buffer("new", (3,), torch.float32)  # a new buffer: those of ended threads are dropped
+    assert not any(key[0] == worker for key in inference._thread_buffers)
+    release_thread_buffers()
     assert not inference._thread_buffers

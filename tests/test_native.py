@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from keynet import native
+from keynet import inference, native
 from keynet.inference import FastKeyNet
 from keynet.model import build_model
 
@@ -16,7 +16,7 @@ def _padded(x: torch.Tensor) -> torch.Tensor:
 
 
 @needs_kernel
-@pytest.mark.parametrize("channels", [8, 10])
+@pytest.mark.parametrize("channels", [8, 10, 16])
 @pytest.mark.parametrize("h, w", [(1, 1), (3, 2), (5, 3), (6, 4), (7, 23), (4, 24), (9, 25), (3, 50), (2, 71)])
 def test_kernel_equals_conv2d_relu(channels, h, w):
     """Every width path: rows narrower than a block, 4-pixel blocks, 24-pixel blocks, and a last
@@ -31,7 +31,7 @@ def test_kernel_equals_conv2d_relu(channels, h, w):
 
 
 @pytest.mark.skipif(not native.kernel_runs(torch.bfloat16), reason="no native bfloat16 kernel or no AVX512-BF16")
-@pytest.mark.parametrize("channels", [8, 10])
+@pytest.mark.parametrize("channels", [8, 10, 16])
 @pytest.mark.parametrize("h, w", [(2, 1), (3, 3), (6, 4), (5, 29), (3, 48)])
 def test_bfloat16_kernel_equals_conv2d_of_the_rounded_values(channels, h, w):
     """The products of bfloat16 inputs and weights summed in float32, rounded once to bfloat16."""
@@ -70,6 +70,15 @@ def test_kernel_refuses_what_does_not_fit():
         native.conv5x5_relu8(src, weight, bias, torch.empty(1, 8, 6, 6))
     with pytest.raises(ValueError, match="float32"):
         native.conv5x5_relu8(src, weight, bias.double(), dst)
+    with pytest.raises(ValueError, match="channels-last"):  # rows of planar (NCHW) memory
+        native.conv5x5_relu8(F.pad(torch.rand(1, 8, 6, 6), (2, 2, 2, 2)), weight, bias, dst)
+    wide = _padded(torch.rand(1, 17, 6, 6))  # more channels than the kernels hold
+    with pytest.raises(ValueError, match="shapes"):
+        native.conv5x5_relu8(wide, torch.rand(5, 5, 17, 8), bias, dst)
+    if native.kernel_runs(torch.bfloat16):
+        odd = _padded(torch.rand(1, 9, 6, 6)).bfloat16()
+        with pytest.raises(ValueError, match="shapes"):  # bfloat16 takes input channels in pairs
+            native.conv5x5_relu8(odd, torch.rand(5, 5, 4, 8, 2).bfloat16(), bias, dst.bfloat16())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -89,7 +98,12 @@ def test_network_on_the_kernel_equals_the_network(dtype, monkeypatch):
     torch.set_num_threads(1)  # the kernel serves single-threaded convolutions only
     try:
         with torch.no_grad():
-            plain, banded = net(x), fast(x, band_pixels=64 * 77)
+            plain = net(x)
+            fast(torch.rand(2, 1, 160, 80), band_pixels=64 * 80)  # fills this thread's buffers
+            for buffer in inference._thread_buffers.values():  # stale values must never be read
+                buffer.view(torch.float32 if buffer.numel() % 4 == 0 else torch.bfloat16).fill_(float("nan"))
+            calls.clear()
+            banded = fast(x, band_pixels=64 * 77)
     finally:
         torch.set_num_threads(threads)
     assert len(calls) == 3 * 3 * 3  # blocks x levels x bands

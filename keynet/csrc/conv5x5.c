@@ -14,17 +14,19 @@
  *          a border of 2 pixels on each side holding the convolution's zero padding.
  *   weight (5, 5, c, 8): weight[ky][kx][ci][o].
  *   dst    h rows of w pixels x 8, row stride dst_stride floats.
- * c is at most MAX_CHANNELS. Built with AVX-512 (F, VL, BF16) instructions: call only on CPUs that
- * have them.
+ * c is at most MAX_CHANNELS. The kernels use AVX-512 (F, VL, BW, BF16) instructions: call them only on
+ * CPUs that have them. The rest of the file (the module's init, run on import) is compiled for the
+ * baseline instruction set.
  */
 #include <Python.h>
 #include <immintrin.h>
 
+#define KERNEL __attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16,fma")))
 #define BLOCK 24
 #define SMALL_BLOCK 4
 #define MAX_CHANNELS 16 /* input channels (the callers check) */
 
-static inline __attribute__((always_inline)) void
+static inline __attribute__((always_inline)) KERNEL void
 conv_block(const float *src, long src_stride, int c, const float *weight, __m256 bias, float *dst, const int p) {
     __m256 acc[BLOCK];
 #pragma GCC unroll 24
@@ -51,7 +53,7 @@ conv_block(const float *src, long src_stride, int c, const float *weight, __m256
     for (int i = 0; i < p; i++) _mm256_storeu_ps(dst + i * 8, _mm256_max_ps(acc[i], zero));
 }
 
-void keynet_conv5x5_relu8(const float *src, long src_stride, int h, int w, int c, const float *weight,
+KERNEL void keynet_conv5x5_relu8(const float *src, long src_stride, int h, int w, int c, const float *weight,
                           const float *bias, float *dst, long dst_stride) {
     const __m256 b = _mm256_loadu_ps(bias);
     const int p = w >= BLOCK ? BLOCK : SMALL_BLOCK;
@@ -81,7 +83,7 @@ void keynet_conv5x5_relu8(const float *src, long src_stride, int h, int w, int c
  * are rounded to bfloat16 (to nearest even). c is even; weight (5, 5, c / 2, 8, 2):
  * weight[ky][kx][pair][o][k] is the weight of input channel 2 pair + k for output o. Layouts as
  * above, in 16-bit elements. */
-static inline __attribute__((always_inline)) void
+static inline __attribute__((always_inline)) KERNEL void
 conv_block_bf16(const unsigned short *src, long src_stride, int c, const unsigned short *weight, __m256 bias,
                 unsigned short *dst, const int p) {
     __m256 acc[BLOCK];
@@ -115,7 +117,7 @@ conv_block_bf16(const unsigned short *src, long src_stride, int c, const unsigne
         _mm_storeu_si128((__m128i *)(dst + i * 8), (__m128i)_mm256_cvtneps_pbh(_mm256_max_ps(acc[i], zero)));
 }
 
-void keynet_conv5x5_relu8_bf16(const unsigned short *src, long src_stride, int h, int w, int c,
+KERNEL void keynet_conv5x5_relu8_bf16(const unsigned short *src, long src_stride, int h, int w, int c,
                                const unsigned short *weight, const float *bias, unsigned short *dst, long dst_stride) {
     const __m256 b = _mm256_loadu_ps(bias);
     const int p = w >= BLOCK ? BLOCK : SMALL_BLOCK;

@@ -53,29 +53,33 @@ conv_block(const float *src, long src_stride, int c, const float *weight, __m256
     for (int i = 0; i < p; i++) _mm256_storeu_ps(dst + i * 8, _mm256_max_ps(acc[i], zero));
 }
 
-KERNEL void keynet_conv5x5_relu8(const float *src, long src_stride, int h, int w, int c, const float *weight,
-                          const float *bias, float *dst, long dst_stride) {
-    const __m256 b = _mm256_loadu_ps(bias);
-    const int p = w >= BLOCK ? BLOCK : SMALL_BLOCK;
-    for (int y = 0; y < h; y++) {
-        const float *in = src + y * src_stride;
-        float *out = dst + y * dst_stride;
-        if (w < p) {  /* a block of SMALL_BLOCK pixels on a zero-extended copy, then the w that exist */
-            float padded_in[5 * (SMALL_BLOCK + 4) * MAX_CHANNELS] = {0}, tmp[SMALL_BLOCK * 8];
-            for (int ky = 0; ky < 5; ky++)
-                __builtin_memcpy(padded_in + ky * (SMALL_BLOCK + 4) * c, in + ky * src_stride,
-                                 (w + 4) * c * sizeof *in);
-            conv_block(padded_in, (SMALL_BLOCK + 4) * c, c, weight, b, tmp, SMALL_BLOCK);
-            __builtin_memcpy(out, tmp, w * 8 * sizeof *out);
-            continue;
-        }
-        /* blocks of p pixels, the last one ending at the last pixel (it recomputes a few) */
-        for (int x = 0; x < w; x += p) {
-            const int x0 = x + p <= w ? x : w - p;
-            if (p == BLOCK) conv_block(in + x0 * c, src_stride, c, weight, b, out + x0 * 8, BLOCK);
-            else conv_block(in + x0 * c, src_stride, c, weight, b, out + x0 * 8, SMALL_BLOCK);
-        }
+/* A kernel's rows, covered by blocks as the header says, for either element type. The block width
+ * is passed as a literal, so that block_fn is compiled for it. Uses the kernels' parameters by name. */
+#define CONV_ROWS(elem, block_fn)                                                                           \
+    const __m256 b = _mm256_loadu_ps(bias);                                                                 \
+    const int p = w >= BLOCK ? BLOCK : SMALL_BLOCK;                                                         \
+    for (int y = 0; y < h; y++) {                                                                           \
+        const elem *in = src + y * src_stride;                                                              \
+        elem *out = dst + y * dst_stride;                                                                   \
+        if (w < p) {                                                                                        \
+            elem padded_in[5 * (SMALL_BLOCK + 4) * MAX_CHANNELS] = {0}, tmp[SMALL_BLOCK * 8];               \
+            for (int ky = 0; ky < 5; ky++)                                                                  \
+                __builtin_memcpy(padded_in + ky * (SMALL_BLOCK + 4) * c, in + ky * src_stride,              \
+                                 (w + 4) * c * sizeof *in);                                                 \
+            block_fn(padded_in, (SMALL_BLOCK + 4) * c, c, weight, b, tmp, SMALL_BLOCK);                     \
+            __builtin_memcpy(out, tmp, w * 8 * sizeof *out);                                                \
+            continue;                                                                                       \
+        }                                                                                                   \
+        for (int x = 0; x < w; x += p) {                                                                    \
+            const int x0 = x + p <= w ? x : w - p;                                                          \
+            if (p == BLOCK) block_fn(in + x0 * c, src_stride, c, weight, b, out + x0 * 8, BLOCK);           \
+            else block_fn(in + x0 * c, src_stride, c, weight, b, out + x0 * 8, SMALL_BLOCK);                \
+        }                                                                                                   \
     }
+
+KERNEL void keynet_conv5x5_relu8(const float *src, long src_stride, int h, int w, int c, const float *weight,
+                                 const float *bias, float *dst, long dst_stride) {
+    CONV_ROWS(float, conv_block)
 }
 
 /* The same convolution on bfloat16 maps and features (AVX512-BF16): each instruction multiplies a
@@ -118,27 +122,9 @@ conv_block_bf16(const unsigned short *src, long src_stride, int c, const unsigne
 }
 
 KERNEL void keynet_conv5x5_relu8_bf16(const unsigned short *src, long src_stride, int h, int w, int c,
-                               const unsigned short *weight, const float *bias, unsigned short *dst, long dst_stride) {
-    const __m256 b = _mm256_loadu_ps(bias);
-    const int p = w >= BLOCK ? BLOCK : SMALL_BLOCK;
-    for (int y = 0; y < h; y++) {
-        const unsigned short *in = src + y * src_stride;
-        unsigned short *out = dst + y * dst_stride;
-        if (w < p) {
-            unsigned short padded_in[5 * (SMALL_BLOCK + 4) * MAX_CHANNELS] = {0}, tmp[SMALL_BLOCK * 8];
-            for (int ky = 0; ky < 5; ky++)
-                __builtin_memcpy(padded_in + ky * (SMALL_BLOCK + 4) * c, in + ky * src_stride,
-                                 (w + 4) * c * sizeof *in);
-            conv_block_bf16(padded_in, (SMALL_BLOCK + 4) * c, c, weight, b, tmp, SMALL_BLOCK);
-            __builtin_memcpy(out, tmp, w * 8 * sizeof *out);
-            continue;
-        }
-        for (int x = 0; x < w; x += p) {
-            const int x0 = x + p <= w ? x : w - p;
-            if (p == BLOCK) conv_block_bf16(in + x0 * c, src_stride, c, weight, b, out + x0 * 8, BLOCK);
-            else conv_block_bf16(in + x0 * c, src_stride, c, weight, b, out + x0 * 8, SMALL_BLOCK);
-        }
-    }
+                                      const unsigned short *weight, const float *bias, unsigned short *dst,
+                                      long dst_stride) {
+    CONV_ROWS(unsigned short, conv_block_bf16)
 }
 
 /* An empty Python module, so that the library is found and imported as keynet._conv5x5; the kernel

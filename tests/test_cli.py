@@ -27,12 +27,12 @@ def test_detect_writes_npz_and_viz_and_reports_failures(tmp_path, images, refere
                "--num-keypoints", "100", "--viz"])
     assert rc == 1  # broken.jpg failed, the others were still written
     assert "broken.jpg" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["a.npz", "a.png", "b.npz", "b.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.npz", "a.viz.png", "b.npz", "b.viz.png"]
     saved = np.load(out / "a.npz")
     assert {k: saved[k].dtype for k in saved} == {"keypoints": np.float32, "scales": np.float32, "scores": np.float32}
     direct = KeyNetDetector(weights=reference_weights, num_keypoints=100).detect(images / "a.png")
     np.testing.assert_array_equal(saved["keypoints"], direct["keypoints"].numpy())
-    assert cv2.imread(str(out / "a.png")).shape == (200, 240, 3)
+    assert cv2.imread(str(out / "a.viz.png")).shape == (200, 240, 3)
 
 
 def test_a_failing_run_keeps_earlier_results(tmp_path, images, reference_weights):
@@ -49,8 +49,8 @@ def test_a_failing_run_keeps_earlier_results(tmp_path, images, reference_weights
 def test_bad_weights_file_is_a_clear_error(tmp_path, images, capsys):
     bad = tmp_path / "w.pth"
     bad.write_text("nope")
-    assert main(["detect", str(images / "a.png"), "--out", str(tmp_path / "o"), "--weights", str(bad)]) == 2
-    assert "not a readable PyTorch weights file" in capsys.readouterr().err
+    assert main(["detect", str(images / "a.png"), "--out", str(tmp_path / "o"), "--weights", str(bad)]) == 1
+    assert "PyTorch weights file" in capsys.readouterr().err
 
 
 def test_console_script_help():
@@ -89,8 +89,8 @@ def test_export_writes_a_working_onnx_network_and_detector(tmp_path, reference_w
 def test_export_with_bad_weights_writes_nothing(tmp_path, capsys):
     bad = tmp_path / "w.pth"
     bad.write_text("nope")
-    assert main(["export", str(tmp_path / "x.onnx"), "--weights", str(bad)]) == 2
-    assert "not a readable PyTorch weights file" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "x.onnx"), "--weights", str(bad)]) == 1
+    assert "PyTorch weights file" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -98,7 +98,8 @@ def test_export_with_bad_weights_writes_nothing(tmp_path, capsys):
 def test_fast_uses_bfloat16_only_where_native(monkeypatch, native):
     import argparse
 
-    from keynet import detect_cli, inference
+    from keynet import inference
+    from keynet.cli import detect as detect_cli
 
     monkeypatch.setattr(inference, "native_bfloat16", lambda: native)
     options = lambda **kw: detect_cli.detector_speed_options(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from keynet.eval import cli
+from keynet.cli import eval as cli
+from keynet.cli import main as keynet_main
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,7 @@ def pairs_file(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def _run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    return cli.main(parser.parse_args(argv))
+    return keynet_main(["eval", *argv])
 
 
 def test_eval_writes_results_report_plots_deterministically(pairs_file: Path, tmp_path: Path) -> None:
@@ -64,9 +62,9 @@ def test_eval_registered_in_keynet_cli(pairs_file: Path, tmp_path: Path) -> None
 
 
 def test_eval_reports_bad_inputs(pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _run(["--data", str(pairs_file), "--detector", "surf", "--out", str(tmp_path)]) == 2
+    assert _run(["--data", str(pairs_file), "--detector", "surf", "--out", str(tmp_path)]) == 1
     assert "unknown detector" in capsys.readouterr().err
-    assert _run(["--data", str(tmp_path / "nope"), "--detector", "sift", "--out", str(tmp_path)]) == 2
+    assert _run(["--data", str(tmp_path / "nope"), "--detector", "sift", "--out", str(tmp_path)]) == 1
     assert "not found" in capsys.readouterr().err
 
 

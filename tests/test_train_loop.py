@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from keynet.model import build_model
-from keynet.train import cli
+from keynet.cli import train as cli
 from keynet.train.loop import TrainConfig, learning_rate, train
 from keynet.weights import load_model, load_state_dict_file
 
@@ -107,7 +107,7 @@ def test_ddp_two_processes(image_dir: Path, tmp_path: Path):
     """torchrun with 2 CPU processes (gloo): the run completes and rank 0 writes the checkpoints."""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-           "-m", "keynet.train.cli", "--out", str(out), "--images", str(image_dir), "--num-pairs", "8",
+           "-m", "keynet.cli", "train", "--out", str(out), "--images", str(image_dir), "--num-pairs", "8",
            "--num-val-pairs", "2", "--crop", "64", "--val-crop", "64", "--epochs", "1", "--batch-size", "4",
            "--threads", "1", "--val-sequence", "none", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,6 +1,6 @@
 """Aggregation and output of evaluation results: ``results.json``, ``report.md`` and PNG plots.
 
-Per-pair records are plain dicts (see ``keynet.eval.cli.evaluate``). Means are over pairs; an
+Per-pair records are plain dicts (see ``keynet.eval.run.evaluate``). Means are over pairs; an
 infinite homography corner error (no estimate) is written as ``null`` in JSON.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.files import write_atomic
 from . import protocols as P
 
 MMA_THRESHOLDS = tuple(range(1, 11))  # pixels, D2-Net's plotted range
@@ -69,7 +70,8 @@ def _json_safe(value: Any) -> Any:
 
 def write_json(path: Path, config: dict[str, Any], results: dict[str, dict[str, dict[str, Any]]]) -> None:
     """``results[detector][dataset] = {"mean": summarize(...), "pairs": [...]}`` plus the config."""
-    path.write_text(json.dumps(_json_safe({"config": config, "results": results}), indent=1) + "\n")
+    text = json.dumps(_json_safe({"config": config, "results": results}), indent=1) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def _fmt(key: str, value: float | None) -> str:
@@ -131,6 +133,11 @@ def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def plot_names(dataset: str) -> tuple[str, str]:
+    """The file names of ``write_plots``'s two pictures of ``dataset``: MMA curves and repeatability bars."""
+    return f"mma_{_safe_name(dataset)}.png", f"rep_{_safe_name(dataset)}.png"
+
+
 def write_plots(out_dir: Path, results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     """Per dataset: ``mma_<dataset>.png`` (MMA vs threshold, one curve per detector) and
     ``rep_<dataset>.png`` (per-sequence Rep L and Rep SL bars). Returns the file names written."""
@@ -150,11 +157,11 @@ def write_plots(out_dir: Path, results: dict[str, dict[str, dict[str, Any]]]) ->
         ax.set(xlabel="threshold (px)", ylabel="MMA (%)", title=f"MMA - {ds}", ylim=(0, 100), xticks=MMA_THRESHOLDS)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        name = f"mma_{_safe_name(ds)}.png"
+        mma_name, rep_name = plot_names(ds)
         fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=100)
+        fig.savefig(out_dir / mma_name, dpi=100)
         plt.close(fig)
-        written.append(name)
+        written.append(mma_name)
 
         seqs = sorted({p["sequence"] for d in dets for p in results[d][ds]["pairs"]})
         fig, axes = plt.subplots(2, 1, figsize=(max(5, 0.9 * len(seqs) * max(1, len(dets)) / 2 + 2), 6), sharex=True)
@@ -169,9 +176,8 @@ def write_plots(out_dir: Path, results: dict[str, dict[str, dict[str, Any]]]) ->
         axes[0].set_title(f"Repeatability per sequence - {ds}")
         axes[0].legend(fontsize=8)
         axes[1].set_xticks(x, seqs, rotation=45, ha="right")
-        name = f"rep_{_safe_name(ds)}.png"
         fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=100)
+        fig.savefig(out_dir / rep_name, dpi=100)
         plt.close(fig)
-        written.append(name)
+        written.append(rep_name)
     return written

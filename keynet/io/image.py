@@ -30,8 +30,14 @@ def load_image(path: str | Path) -> np.ndarray:
     if data.size == 0:
         raise ImageError(f"empty file (0 bytes): {path}")
     # ANYDEPTH keeps 16-bit samples; without IMREAD_UNCHANGED OpenCV applies EXIF orientation.
-    # OpenCV returns None for a truncated or undecodable file.
-    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+    # OpenCV returns None for a truncated or undecodable file; its own log lines about such a file
+    # are silenced, since the ImageError below names the file and the reason.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if image is None:
         raise ImageError(f"cannot decode {path}: not an image, or a truncated/corrupt file")
     return to_float_gray(image, name=str(path))

@@ -4,7 +4,10 @@ Examples::
 
     keynet train --model keynet --out runs/keynet --export keynet/weights/keynet.pth
     keynet train --model keynet --out runs/keynet --resume          # continue after a kill
-    torchrun --nproc-per-node 2 -m keynet.train.cli --out runs/ddp   # distributed (gloo on CPU)
+    torchrun --nproc-per-node 2 -m keynet.cli train --out runs/ddp   # distributed (gloo on CPU)
+
+Training photos come from ``--images`` (default: ``train_images`` in the shared data folder,
+``$KEYNET_DATA`` or ``../shared/data``).
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import shlex
 import sys
 from dataclasses import asdict, fields
 
-import torch
+from pathlib import Path
 
-from .loop import TrainConfig, export_weights, git_commit, train
-from .synthesis import HOMOGRAPHY_PRESETS
+from keynet.train.loop import TrainConfig
+from keynet.train.synthesis import HOMOGRAPHY_PRESETS
 
+from .common import CLIError, guard_outputs, output_file_parent
+
+HELP = "train Key.Net / Tiny-Key.Net on synthetic homography pairs"
 _DEFAULTS = TrainConfig()
 
 
@@ -61,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--no-progress", dest="progress", action="store_false", help="no progress bars")
     a("--resume", action="store_true", help="continue from <out>/last.pt if it exists (same options required)")
     a("--export", default="", help="after training, write the best weights with their recipe to this .pth file")
+    a("--overwrite", action="store_true", help="start a new run in an --out folder that holds one (without --resume), "
+      "and replace an existing --export file")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -68,12 +76,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from keynet.train.loop import export_weights, git_commit, train
+
     conf = config_from_args(args)
-    summary = train(conf, resume=args.resume)
+    image_dir = conf.resolved_image_dir()
+    if not image_dir.is_dir():
+        raise CLIError(f"training photos not found: {image_dir} is not a folder; pass --images DIR (any folder of photos)")
+    run = Path(conf.out_dir)
+    if not args.resume:
+        guard_outputs([run / "last.pt"], [], args.overwrite)
+    if args.export:
+        guard_outputs([Path(args.export)], [], args.overwrite)
+        output_file_parent(Path(args.export), "--export")
+    try:
+        summary = train(conf, resume=args.resume)
+    except ValueError as e:  # options that do not fit together or the checkpoint being resumed
+        raise CLIError(str(e)) from None
     if args.export and summary["rank"] == 0:
         recipe = {
             # `keynet train ...` has argv [.../keynet, train, ...]; `python -m` has [.../cli.py, ...].
-            "command": shlex.join(["keynet", *sys.argv[1:]]) if sys.argv[0].endswith("keynet") else shlex.join(["python", "-m", "keynet.train.cli", *sys.argv[1:]]),
+            "command": shlex.join(["keynet", *sys.argv[1:]]) if sys.argv[0].endswith("keynet") else shlex.join(["python", "-m", "keynet.cli", *sys.argv[1:]]),
             "args": asdict(conf),
             "seed": conf.seed,
             "git_commit": git_commit(),
@@ -89,8 +113,3 @@ def main(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     return 0
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m keynet.train.cli", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args()))

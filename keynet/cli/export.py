@@ -4,32 +4,35 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 from pathlib import Path
+
+from .common import CLIError, add_model_options, check_positive, guard_outputs, output_file_parent
+
+HELP = "write the network, or detection up to top-k, as ONNX"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", type=Path, help="ONNX file to write (replaced atomically if it exists)")
-    p.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped weights)")
-    p.add_argument("--model", choices=["keynet", "tiny"], default="keynet")
+    p.add_argument("out", type=Path, help="ONNX file to write")
+    add_model_options(p, device=False)
     p.add_argument("--detection", action="store_true",
-                   help="export detection up to the global top-k instead of the response network")
-    p.add_argument("--num-keypoints", type=int, default=2048, help="with --detection: K of the top-k")
+                   help="export detection up to the global top-k (K = --num-keypoints) instead of the response network")
     p.add_argument("--compat", choices=["kornia"], default=None, help="with --detection: kornia's level-to-image mapping")
     p.add_argument("--up-levels", type=int, choices=[0, 1], default=None,
                    help="with --detection: pyramid levels upsampled above full resolution (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never the weights file)")
 
 
 def main(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("onnx") is None:
-        print("keynet: export needs the onnx package: pip install 'keynet[onnx]'", file=sys.stderr)
-        return 2
+        raise CLIError("export needs the onnx package: pip install 'keynet[onnx]'")
     import warnings
 
-    from .detector import KeyNetDetector
-    from .export import detector_min_side, export_detector_onnx, export_onnx
-    from .weights import load_model
+    from keynet.detector import KeyNetDetector
+    from keynet.export import detector_min_side, export_detector_onnx, export_onnx
+    from keynet.weights import load_model
 
+    check_positive(args.num_keypoints, "--num-keypoints")
+    guard_outputs([args.out], [args.weights] if args.weights else [], args.overwrite)
     try:
         net = load_model(args.weights, args.model)
         det = None
@@ -37,9 +40,8 @@ def main(args: argparse.Namespace) -> int:
             det = KeyNetDetector(network=net, num_keypoints=args.num_keypoints, compat=args.compat,
                                  **({} if args.up_levels is None else {"up_levels": args.up_levels}))
     except (FileNotFoundError, ValueError) as e:
-        print(f"keynet: {e}", file=sys.stderr)
-        return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+        raise CLIError(str(e)) from None
+    output_file_parent(args.out, "OUT")
     with warnings.catch_warnings():  # the exporter's notes on constant folding and traced shapes
         warnings.simplefilter("ignore")
         if det is None:

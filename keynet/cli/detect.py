@@ -1,0 +1,115 @@
+"""``keynet detect IMAGE_OR_DIR... --out DIR``: ``<stem>.npz`` (and with ``--viz`` ``<stem>.viz.png``) per image."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import (
+    CLIError,
+    add_model_options,
+    add_run_options,
+    apply_threads,
+    check_device,
+    check_positive,
+    collect_images,
+    guard_outputs,
+    output_dir,
+)
+
+HELP = "detect keypoints in images and write one .npz per image"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    add_model_options(p)
+    p.add_argument("--compat", choices=["kornia"], default=None, help="kornia's level-to-image mapping")
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
+                   help="of the learned convolutions; bfloat16 is faster on CPUs with AVX512-BF16 or AMX "
+                        "and moves some keypoints (default: float32)")
+    p.add_argument("--fast", action="store_true",
+                   help="--precision bfloat16 where the CPU runs it natively (AVX512-BF16 or AMX): faster, "
+                        "about 99%% of the keypoints unchanged; elsewhere float32")
+    p.add_argument("--up-levels", type=int, choices=[0, 1], default=None,
+                   help="pyramid levels upsampled above full resolution (default 1); 0 is about 2x faster "
+                        "and drops the keypoints below scale 22, which changes repeatability")
+    p.add_argument("--viz", action="store_true", help="also write <stem>.viz.png with the keypoints drawn")
+    add_run_options(p)
+
+
+def detector_speed_options(args: argparse.Namespace) -> dict:
+    """``KeyNetDetector`` options of ``--fast``, ``--precision`` (an explicit precision wins) and
+    ``--up-levels``."""
+    from keynet.inference import native_bfloat16
+
+    options = {} if args.up_levels is None else {"up_levels": args.up_levels}
+    if args.precision is not None:
+        options["precision"] = args.precision
+    elif args.fast and native_bfloat16():
+        options["precision"] = "bfloat16"
+    elif args.fast:
+        print("keynet: --fast: this CPU has no native bfloat16, so detection runs in float32", file=sys.stderr)
+    return options
+
+
+def make_detector(args: argparse.Namespace, **options):
+    """The ``KeyNetDetector`` of the shared model options; unreadable weights are a ``CLIError``."""
+    from keynet.detector import KeyNetDetector
+
+    check_positive(args.num_keypoints, "--num-keypoints")
+    try:
+        return KeyNetDetector(weights=args.weights, model=args.model, device=check_device(args.device),
+                              num_keypoints=args.num_keypoints, **options)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from None
+
+
+def main(args: argparse.Namespace) -> int:
+    import cv2
+    import numpy as np
+    from tqdm import tqdm
+
+    from keynet.io.files import write_atomic
+    from keynet.io.image import load_image
+    from keynet.viz import draw_keypoints
+
+    apply_threads(args)
+    images, problems = collect_images(args.inputs)
+    for msg in problems:
+        print(f"keynet detect: {msg}", file=sys.stderr)
+    # Outputs are named by stem: a later image whose stem is taken is skipped, not overwritten.
+    stems: dict[str, Path] = {}
+    unique = []
+    for path in images:
+        if path.stem in stems:
+            problems.append(f"{path}: skipped, {stems[path.stem]} already writes {path.stem}.npz")
+            print(f"keynet detect: {problems[-1]}", file=sys.stderr)
+            continue
+        stems[path.stem] = path
+        unique.append(path)
+    images = unique
+    detector = make_detector(args, compat=args.compat, **detector_speed_options(args))
+    out = output_dir(args.out)
+    targets = {path: (out / f"{path.stem}.npz", out / f"{path.stem}.viz.png") for path in images}
+    guard_outputs([t for pair in targets.values() for t in pair[: 1 + args.viz]], images, args.overwrite)
+    failed = len(problems)
+    for path in tqdm(images, desc="detect", unit="img", disable=args.quiet or len(images) < 2):
+        try:
+            gray = load_image(path)
+            result = detector.detect(gray)
+        except (OSError, ValueError) as e:  # ImageError is a ValueError
+            tqdm.write(f"keynet detect: skipped {path}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        arrays = {k: v.cpu().numpy().astype(np.float32) for k, v in result.items()}
+        npz, png = targets[path]
+        write_atomic(npz, lambda tmp: np.savez(tmp, **arrays))
+        if args.viz:
+            picture = draw_keypoints(gray, arrays["keypoints"], arrays["scales"])
+            write_atomic(png, lambda tmp: cv2.imwrite(str(tmp), picture))
+    if failed:
+        print(f"keynet detect: {failed} input(s) failed, {len(images) + len(problems) - failed} image(s) written",
+              file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,127 @@
+"""``keynet eval``: run detectors over homography datasets and write results.json, report.md, plots.
+
+Example::
+
+    keynet eval --data ../shared/data/oxford_affine --data ../shared/data/hpatches/v_dogman \\
+        --detector sift --detector orb --detector keynet-ref --out runs/eval
+
+Each image is detected (and described) once per detector; every pair then gets both protocols of
+``keynet.eval.protocols`` (``keynet.eval.run``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from pathlib import Path
+from typing import Iterable
+
+from .common import CLIError, add_run_options, apply_threads, check_positive, guard_outputs, output_dir
+
+HELP = "evaluate detectors on HPatches / Oxford with Key.Net's and D2-Net's protocols"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``keynet eval`` options."""
+    parser.add_argument(
+        "--data", action="append", required=True, metavar="PATH[@SPLIT]",
+        help="dataset: an HPatches or Oxford sequence folder (or a folder of them), or a pairs list "
+        "'image_a image_b H' per line; append @SPLIT for an HPatches split (view, illum, full, "
+        "view_test, illum_test, d2net108). Repeatable.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--detector", action="append", required=True, metavar="SPEC",
+        help="sift, orb, fast, gftt, harris, akaze, kaze, harris-laplace, keynet (shipped weights), "
+        "keynet:PATH, keynet-ref (reference weights), kornia-keynet[:PATH]; Key.Net options after "
+        "commas: model=tiny, compat=kornia, and numeric detector options such as up_levels=0. Repeatable.",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output folder (created): results.json, report.md and plots")
+    parser.add_argument(
+        "--descriptor", default="sift",
+        help="descriptor for the matching metrics, the same for every detector: sift (default, "
+        "upright OpenCV SIFT), hardtfeat (AffNet's HardTFeat weights in the shared data) or tfeat:PATH",
+    )  # fmt: skip
+    parser.add_argument("--num-keypoints", type=int, default=5000,
+                        help="detection budget per image, applied before the protocols' common-area filter and "
+                             "top-k; large enough not to bind for any detector (default %(default)s)")
+    parser.add_argument("--top-k", type=int, default=1000, help="Key.Net protocol: keypoints per image (default 1000)")
+    parser.add_argument("--mma-top-k", type=int, default=2000, help="D2-Net protocol: keypoints per image (default 2000)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_run_options(parser, threads=1)
+
+
+def _parse_data(spec: str) -> tuple[str, str | None]:
+    path, sep, split = spec.rpartition("@")
+    return (path, split) if sep and not Path(spec).exists() else (spec, None)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``keynet eval``; returns the exit code."""
+    import sys
+
+    from keynet.eval import protocols as P
+    from keynet.eval.datasets import load_dataset
+    from keynet.eval.detectors import RADIUS_PER_OPENCV_SIZE, make_descriptor, make_detector
+    from keynet.eval.report import markdown_report, plot_names, write_json, write_plots
+    from keynet.eval.run import evaluate
+    from keynet.io.files import write_atomic
+
+    apply_threads(args)
+    for option in ("num_keypoints", "top_k", "mma_top_k"):
+        check_positive(getattr(args, option), "--" + option.replace("_", "-"))
+    t0 = time.perf_counter()
+    try:
+        datasets = [load_dataset(*_parse_data(d)) for d in args.data]
+        detectors = [make_detector(s, args.num_keypoints) for s in args.detector]
+        descriptor = make_descriptor(args.descriptor)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise CLIError(str(e)) from None
+    names = [d.name for d in datasets]
+    for i, ds in enumerate(datasets):  # same folder name twice: keep the results apart
+        if names.count(ds.name) > 1:
+            ds.name = f"{ds.name}#{i + 1}"
+        if ds.missing:
+            print(f"keynet eval: {ds.name}: {len(ds.missing)} sequences of the split are absent", file=sys.stderr)
+        if not ds.pairs:
+            raise CLIError(f"{ds.name}: no image pairs")
+    out = output_dir(args.out)
+    written = ["results.json", "report.md"] + ([] if args.no_plots else [n for ds in datasets for n in plot_names(ds.name)])
+    inputs = [p for ds in datasets for pair in ds.pairs for p in (pair.image_a, pair.image_b)]
+    guard_outputs([out / name for name in written], inputs, args.overwrite)
+
+    results = evaluate(detectors, datasets, descriptor, args.top_k, args.mma_top_k, progress=not args.quiet)
+    config = {
+        "command": "keynet eval " + " ".join(shlex.quote(a) for a in _argv_of(args)),
+        "datasets": {ds.name: {"layout": ds.layout, "pairs": len(ds.pairs), "missing": ds.missing} for ds in datasets},
+        "detectors": [d.name for d in detectors],
+        "descriptor": args.descriptor,
+        "radius_per_opencv_size": RADIUS_PER_OPENCV_SIZE,
+        "num_keypoints": args.num_keypoints,
+        "top_k": args.top_k,
+        "mma_top_k": args.mma_top_k,
+        "keynet_protocol": {
+            "border": P.BORDER, "mask_threshold": P.MASK_THRESHOLD, "radius": P.L_RADIUS,
+            "overlap": P.OVERLAP_THRESHOLD, "match_px": P.MATCH_THRESHOLD,
+        },
+        "ransac": {"threshold": P.RANSAC_THRESHOLD, "max_iters": P.RANSAC_MAX_ITERS, "confidence": P.RANSAC_CONFIDENCE},
+        "threads": args.threads,
+    }  # fmt: skip
+    write_json(out / "results.json", config, results)
+    plots = [] if args.no_plots else write_plots(out, results)
+    write_atomic(out / "report.md", lambda tmp: tmp.write_text(markdown_report(config, results, plots)))
+    print(f"keynet eval: wrote {out}/results.json, report.md ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _argv_of(args: argparse.Namespace) -> Iterable[str]:
+    """The options as they would be typed, for the report (defaults included)."""
+    for d in args.data:
+        yield from ("--data", d)
+    for d in args.detector:
+        yield from ("--detector", d)
+    yield from ("--out", str(args.out), "--descriptor", args.descriptor)
+    yield from ("--num-keypoints", str(args.num_keypoints), "--top-k", str(args.top_k))
+    yield from ("--mma-top-k", str(args.mma_top_k), "--threads", str(args.threads))
+

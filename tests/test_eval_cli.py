@@ -49,7 +49,12 @@ def test_eval_writes_results_report_plots_deterministically(pairs_file: Path, tm
     assert identity["mma"] == [1.0] * 10 and identity["corner_error"] < 1e-6
     assert 0.3 < warped["rep_L"] < 1.0 and warped["mma"][2] > 0.5 and len(warped["mma"]) == 10
 
+    for rec in res["sift"]["pairs"]["pairs"]:  # flagged exactly when a side keeps fewer than top-k
+        assert rec["below_top_k"] == (min(rec["num_a"], rec["num_b"]) < 1000)
+    assert mean["num_below_top_k"] == sum(r["below_top_k"] for r in res["sift"]["pairs"]["pairs"]) > 0
     report = (tmp_path / "r1/report.md").read_text()
+    assert "## Pairs with fewer than 1000 keypoints in the common area" in report
+    assert f"| sift | pairs | {identity['pair']} | {identity['num_a']} | {identity['num_b']} |" in report
     assert "| sift |" in report and "| orb |" in report and "Rep SL" in report
     assert (tmp_path / "r1/mma_pairs.png").stat().st_size > 0 and (tmp_path / "r1/rep_pairs.png").is_file()
 

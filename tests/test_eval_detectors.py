@@ -37,17 +37,62 @@ def test_spec_parsing(reference_weights: Path) -> None:
             make_detector(bad)
 
 
-@pytest.mark.parametrize("name", ["sift", "orb", "fast", "gftt", "harris", "akaze", "kaze", "harris-laplace"])
-def test_opencv_detectors_sorted_with_radius_convention(name: str, crop: np.ndarray) -> None:
-    f = make_detector(name, 300).detect(crop)
-    assert 0 < len(f) <= 300 and f.keypoints.shape == (len(f), 2)
-    assert np.all(np.diff(f.scores) <= 0)
-    if name == "sift":
-        raw = cv2.SIFT_create(nfeatures=300).detect(to_uint8(crop), None)
-        assert f.scales.max() == pytest.approx(RADIUS_PER_OPENCV_SIZE * max(k.size for k in raw))
-    if name == "fast":
-        assert np.all(f.scales == 3 * 7)  # FAST reports KeyPoint.size = 7
-    assert len(np.unique(np.c_[f.keypoints, f.scales], axis=0)) == len(f)  # no copies
+def test_opencv_detectors_sorted_unique_and_within_budget(crop: np.ndarray) -> None:
+    for name in ("sift", "orb", "fast", "gftt", "harris", "akaze", "kaze", "harris-laplace"):
+        f = make_detector(name, 300).detect(crop)
+        assert 0 < len(f) <= 300 and f.keypoints.shape == (len(f), 2), name
+        assert np.all(np.diff(f.scores) <= 0), name
+        assert len(np.unique(np.c_[f.keypoints, f.scales], axis=0)) == len(f), name  # no copies
+
+
+def test_sift_budget_counts_unique_keypoints(crop: np.ndarray) -> None:
+    # Brute force: all of SIFT's keypoints, orientation copies merged, the best n by response.
+    raw = cv2.SIFT_create().detect(to_uint8(crop), None)
+    unique: dict[tuple[float, float, float], float] = {}
+    for k in raw:
+        key = (k.pt[0], k.pt[1], k.size)
+        unique[key] = max(unique.get(key, -np.inf), k.response)
+    assert len(unique) < len(raw)  # the crop has orientation copies
+    n = len(unique) - 5
+    best = sorted(unique.items(), key=lambda kv: -kv[1])[:n]
+    f = make_detector("sift", n).detect(crop)
+    assert len(f) == n  # SIFT_create(nfeatures=n) would leave fewer: it counts the copies
+    assert sorted(f.scores) == sorted(r for _, r in best)
+    np.testing.assert_allclose(sorted(f.scales), sorted(3 * k[2] for k, _ in best), rtol=1e-6)
+
+
+# Each detector's radius from its own KeyPoint.size convention (OpenCV's sources): the expected
+# radii are written from the detectors' parameters, not from keynet's table.
+def test_orb_radius_is_half_its_patch_at_the_level(crop: np.ndarray) -> None:
+    raw = cv2.ORB_create(nfeatures=500).detect(to_uint8(crop), None)
+    f = make_detector("orb", 500).detect(crop)
+    expected = {round(31 / 2 * 1.2**k.octave, 3) for k in raw}  # patchSize 31, scaleFactor 1.2
+    assert {round(float(r), 3) for r in f.scales} == expected
+    assert f.scales.min() == pytest.approx(15.5)
+
+
+@pytest.mark.parametrize("name", ["akaze", "kaze"])
+def test_nonlinear_scale_space_radius_is_six_sigma(name: str, crop: np.ndarray) -> None:
+    # Both start at sigma = 1.6 (soffset) with 4 sublevels per octave; KAZE refines the scale by up
+    # to half a sublevel.
+    f = make_detector(name, 5000).detect(crop)
+    sigma0 = 1.6
+    if name == "kaze":
+        assert 6 * sigma0 * 2 ** (-1 / 8) <= f.scales.min() <= 6 * sigma0 * 2 ** (3 / 8)
+    else:
+        steps = np.log2(f.scales / (6 * sigma0)) * 4
+        np.testing.assert_allclose(steps, np.round(steps), atol=1e-4)
+
+
+def test_harris_laplace_radius_is_its_size(crop: np.ndarray) -> None:
+    raw = cv2.xfeatures2d.HarrisLaplaceFeatureDetector_create().detect(to_uint8(crop), None)
+    f = make_detector("harris-laplace", 5000).detect(crop)
+    assert sorted(set(np.round(f.scales, 3))) == sorted({round(k.size, 3) for k in raw})  # size = 6 sigma_I
+
+
+@pytest.mark.parametrize("name", ["fast", "gftt", "harris"])
+def test_corners_without_scale_get_orbs_patch(name: str, crop: np.ndarray) -> None:
+    assert np.all(make_detector(name, 300).detect(crop).scales == 15.5)
 
 
 def test_sift_octave_layer() -> None:
@@ -127,3 +172,27 @@ def test_hardtfeat_descriptor_matches_affnet_architecture(data_dir: Path, crop: 
 
     d = desc.compute(crop, np.array([[100.0, 120.0], [200.0, 60.0]]), np.array([22.0, 31.0]))
     assert d.shape == (2, 128) and np.allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
+
+
+def test_default_budget_does_not_bind_before_the_common_area_filter(data_dir: Path) -> None:
+    # bark 1-6 (zoom x4 and rotation): few of image 6's keypoints lie in the common area. A budget
+    # applied before the filter (the former default, 2048) leaves fewer of them, shrinking the
+    # min(#a, #b) denominator and inflating repeatability.
+    from keynet.cli import build_parser
+    from keynet.eval.run import DETECTION_BUDGET
+
+    seq = data_dir / "oxford_affine/bark"
+    a, b = load_image(seq / "img1.png"), load_image(seq / "img6.png")
+    H = np.loadtxt(seq / "H1to6p")
+
+    def rep(budget: int) -> dict:
+        det = make_detector("sift", budget)
+        fa, fb = det.detect(a), det.detect(b)
+        return P.keynet_repeatability(fa.keypoints, fa.scales, fa.scores, fb.keypoints, fb.scales, fb.scores,
+                                      H, a.shape, b.shape, 1000)
+
+    default, unbounded, capped = rep(DETECTION_BUDGET), rep(10**6), rep(2048)
+    assert (default["rep_SL"], default["num_b"]) == (unbounded["rep_SL"], unbounded["num_b"])
+    assert capped["num_b"] < default["num_b"] < 1000 and capped["rep_SL"] > default["rep_SL"] + 0.1
+    args = build_parser().parse_args(["eval", "--data", "x", "--detector", "sift", "--out", "o"])
+    assert args.num_keypoints == DETECTION_BUDGET

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from keynet.eval.run import DETECTION_BUDGET
+
 from .common import CLIError, add_run_options, apply_threads, check_positive, guard_outputs, output_dir
 
 HELP = "evaluate detectors on HPatches / Oxford with Key.Net's and D2-Net's protocols"
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="descriptor for the matching metrics, the same for every detector: sift (default, "
         "upright OpenCV SIFT), hardtfeat (AffNet's HardTFeat weights in the shared data) or tfeat:PATH",
     )  # fmt: skip
-    parser.add_argument("--num-keypoints", type=int, default=5000,
+    parser.add_argument("--num-keypoints", type=int, default=DETECTION_BUDGET,
                         help="detection budget per image, applied before the protocols' common-area filter and "
                              "top-k; large enough not to bind for any detector (default %(default)s)")
     parser.add_argument("--top-k", type=int, default=1000, help="Key.Net protocol: keypoints per image (default 1000)")

@@ -3,13 +3,22 @@
 Every detector maps an ``(H, W)`` float32 grayscale image in ``[0, 1]`` to ``Features``: keypoints
 ``(N, 2)`` as ``(x, y)`` (x right, y down, pixel centres at integer coordinates), ``scales`` ``(N,)``
 as radii in pixels (the scale of a kornia LAF) and ``scores`` ``(N,)``, sorted by decreasing score
-(stable: OpenCV's output order breaks ties), at most ``num_keypoints`` of them.
+(stable: OpenCV's output order breaks ties), at most ``num_keypoints`` of them. The budget
+``num_keypoints`` counts unique keypoints: SIFT detects without a cap, its extra-orientation copies
+are merged, and then the best ``num_keypoints`` are kept.
 
-Scale convention between our radius ``r`` and OpenCV's ``KeyPoint.size`` (a diameter):
-``r = RADIUS_PER_OPENCV_SIZE * size`` with ``RADIUS_PER_OPENCV_SIZE = 3``. OpenCV's SIFT descriptor
-is a 4x4 grid of cells ``1.5 * size`` wide, so its grid spans ``[-3 size, 3 size]``: with this
-convention the descriptor covers exactly the square around the keypoint's circle, whichever detector
-produced it, and a SIFT keypoint converted to a radius and back gets OpenCV's own SIFT descriptor.
+Each OpenCV detector's ``KeyPoint.size`` means something of its own; the radius ``r`` is the region
+its own descriptor covers (``OPENCV_RADIUS``, read from OpenCV's sources):
+
+* SIFT and KAZE: ``size = 2 sigma``; ``r = 3 size = 6 sigma``, the half-width of SIFT's 4x4 grid
+  of ``3 sigma`` cells (so a SIFT keypoint described at ``r`` gets OpenCV's own SIFT descriptor);
+* AKAZE: ``size = 2 * 1.5 sigma`` (twice its derivative scale); ``r = 2 size = 6 sigma``;
+* Harris-Laplace: ``size = 6 sigma_I`` (integration scale); ``r = size = 6 sigma_I``;
+* ORB: ``size`` = its 31 px patch at the keypoint's pyramid level (a diameter); ``r = size / 2``;
+* FAST, GFTT, Harris: no scale (``size`` is FAST's 7 px test circle or GFTT's 3 px block);
+  ``r = 15.5``, the 31 px patch that ORB describes at full resolution.
+
+The descriptor then samples the circle of radius ``r`` (``SIFTDescriptor``: ``KeyPoint.size = r / 3``).
 
 Detector specs (``make_detector``), options after commas as ``key=value``:
 
@@ -86,7 +95,7 @@ def _cv_factory(name: str) -> Callable[..., Any]:
 
 
 _OPENCV_DETECTORS: dict[str, Callable[[int], Any]] = {
-    "sift": lambda n: cv2.SIFT_create(nfeatures=n),
+    "sift": lambda n: cv2.SIFT_create(),  # uncapped: its cap would count the extra-orientation copies
     "orb": lambda n: cv2.ORB_create(nfeatures=n),
     "fast": lambda n: cv2.FastFeatureDetector_create(),
     "gftt": lambda n: cv2.GFTTDetector_create(maxCorners=n),
@@ -97,8 +106,22 @@ _OPENCV_DETECTORS: dict[str, Callable[[int], Any]] = {
 }
 
 
+_CORNER_RADIUS = 15.5  # ORB's 31 px patch, for detectors without a scale
+OPENCV_RADIUS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sift": lambda size: 3.0 * size,
+    "kaze": lambda size: 3.0 * size,
+    "akaze": lambda size: 2.0 * size,
+    "harris-laplace": lambda size: size,
+    "orb": lambda size: 0.5 * size,
+    "fast": lambda size: np.full_like(size, _CORNER_RADIUS),
+    "gftt": lambda size: np.full_like(size, _CORNER_RADIUS),
+    "harris": lambda size: np.full_like(size, _CORNER_RADIUS),
+}
+
+
 class OpenCVDetector:
-    """An OpenCV ``Feature2D`` detector; score = ``KeyPoint.response``, radius = 3 * ``KeyPoint.size``.
+    """An OpenCV ``Feature2D`` detector; score = ``KeyPoint.response``, radius from ``KeyPoint.size``
+    by the detector's own convention (``OPENCV_RADIUS``, module docstring).
 
     Keypoints repeated at the same position and size (SIFT's extra orientations) are kept once, with
     the best score: the evaluation describes every keypoint upright, so copies would be identical.
@@ -116,7 +139,7 @@ class OpenCVDetector:
         xy = np.array([k.pt for k in kps], dtype=np.float64).reshape(-1, 2)
         size = np.array([k.size for k in kps], dtype=np.float64)
         score = np.array([k.response for k in kps], dtype=np.float64)
-        feats = _sorted_features(xy, RADIUS_PER_OPENCV_SIZE * size, score, len(kps))
+        feats = _sorted_features(xy, OPENCV_RADIUS[self.name](size), score, len(kps))
         _, first = np.unique(np.c_[feats.keypoints, feats.scales], axis=0, return_index=True)
         return feats.subset(np.sort(first)[: self.num_keypoints])
 

@@ -39,7 +39,8 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, float]:
 
     Keys: ``rep_L``, ``rep_SL``, ``matching_score``, ``mma@t`` for t in 1..10, ``mha@t`` and
     ``auc@t`` for t in 1, 3, 5, ``num_keypoints`` (mean of the two images' kept keypoints),
-    ``num_detected``, ``num_matches`` and ``num_pairs``.
+    ``num_detected``, ``num_matches``, ``num_pairs`` and ``num_below_top_k`` (pairs where a side
+    keeps fewer than top-k keypoints in the common area).
     """
     if not pairs:
         return {"num_pairs": 0}
@@ -52,6 +53,7 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, float]:
     out.update({f"mha@{t}": float(a) for t, a in zip(HOMOGRAPHY_THRESHOLDS, acc)})
     out.update({f"auc@{t}": P.error_auc(errors, t) for t in HOMOGRAPHY_THRESHOLDS})
     out["num_pairs"] = len(pairs)
+    out["num_below_top_k"] = sum(bool(p.get("below_top_k")) for p in pairs)
     return out
 
 
@@ -124,9 +126,33 @@ def markdown_report(config: dict[str, Any], results: dict[str, dict[str, dict[st
             for det, table in seq_tables.items():
                 lines.append(f"| {det} | " + " | ".join(_fmt(key, table.get(s)) for s in seqs) + " |")
             lines.append("")
+    lines += _below_top_k_section(results, config["top_k"])
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def _below_top_k_section(results: dict[str, dict[str, dict[str, Any]]], top_k: int) -> list[str]:
+    """A table of the pairs where a side keeps fewer than ``top_k`` keypoints in the common area."""
+    rows = [
+        f"| {det} | {ds} | {p['pair']} | {p['num_a']} | {p['num_b']} |"
+        for det, per_ds in results.items()
+        for ds, r in per_ds.items()
+        for p in r["pairs"]
+        if p.get("below_top_k")
+    ]
+    if not rows:
+        return [f"Every pair kept {top_k} keypoints per image in the common area.", ""]
+    return [
+        f"## Pairs with fewer than {top_k} keypoints in the common area",
+        "",
+        "Their repeatability divides by the smaller count, so it is not comparable with full pairs.",
+        "",
+        "| detector | dataset | pair | kept in a | kept in b |",
+        "|---|---|---|---:|---:|",
+        *rows,
+        "",
+    ]
 
 
 def _safe_name(name: str) -> str:

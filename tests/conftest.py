@@ -42,3 +42,13 @@ class Identity(nn.Module):
 
     def forward(self, x):
         return x
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line saying how many tests the missing shared data skipped, and where it was looked for."""
+    reasons = [str(r.longrepr) for r in terminalreporter.stats.get("skipped", [])]
+    n = sum("shared data not found" in reason for reason in reasons)
+    if n:
+        terminalreporter.write_line(
+            f"{n} tests skipped: the shared data (real images and reference weights) was not found at "
+            f"{shared_data_dir()}; set {DATA_ENV} to its folder to run them (see tests/README.md)", yellow=True)

@@ -85,8 +85,8 @@ def main(args: argparse.Namespace) -> int:
     if not image_dir.is_dir():
         raise CLIError(f"training photos not found: {image_dir} is not a folder; pass --images DIR (any folder of photos)")
     run = Path(conf.out_dir)
-    if not args.resume:
-        guard_outputs([run / "last.pt"], [], args.overwrite)
+    if not args.resume and (run / "last.pt").exists() and not args.overwrite:
+        raise CLIError(f"{run} holds a training run (last.pt); pass --resume to continue it or --overwrite to start over")
     if args.export:
         guard_outputs([Path(args.export)], [], args.overwrite)
         output_file_parent(Path(args.export), "--export")

@@ -32,7 +32,7 @@ def test_detect_writes_npz_and_viz_and_reports_failures(tmp_path, images, refere
     assert {k: saved[k].dtype for k in saved} == {"keypoints": np.float32, "scales": np.float32, "scores": np.float32}
     direct = KeyNetDetector(weights=reference_weights, num_keypoints=100).detect(images / "a.png")
     np.testing.assert_array_equal(saved["keypoints"], direct["keypoints"].numpy())
-    assert cv2.imread(str(out / "a.viz.png")).shape == (200, 240, 3)
+    assert cv2.imread(str(out / "a.viz.png")).shape == (200 + 24, 240, 3)  # legend line above the image
 
 
 def test_a_failing_run_keeps_earlier_results(tmp_path, images, reference_weights):

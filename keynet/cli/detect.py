@@ -35,7 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--up-levels", type=int, choices=[0, 1], default=None,
                    help="pyramid levels upsampled above full resolution (default 1); 0 is about 2x faster "
                         "and drops the keypoints below scale 22, which changes repeatability")
-    p.add_argument("--viz", action="store_true", help="also write <stem>.viz.png with the keypoints drawn")
+    p.add_argument("--viz", action="store_true",
+                   help="also write <stem>.viz.png: the strongest keypoints as circles of their radius")
+    p.add_argument("--viz-keypoints", type=int, default=200,
+                   help="keypoints drawn by --viz, the strongest first; 0 draws all (default: %(default)s)")
     add_run_options(p)
 
 
@@ -91,6 +94,7 @@ def main(args: argparse.Namespace) -> int:
         unique.append(path)
     images = unique
     detector = make_detector(args, compat=args.compat, **detector_speed_options(args))
+    label = f"{'Tiny-Key.Net' if args.model == 'tiny' else 'Key.Net'} ({args.weights or 'shipped weights'})"
     out = output_dir(args.out)
     targets = {path: (out / f"{path.stem}.npz", out / f"{path.stem}.viz.png") for path in images}
     guard_outputs([t for pair in targets.values() for t in pair[: 1 + args.viz]], images, args.overwrite)
@@ -107,7 +111,8 @@ def main(args: argparse.Namespace) -> int:
         npz, png = targets[path]
         write_atomic(npz, lambda tmp: np.savez(tmp, **arrays))
         if args.viz:
-            picture = draw_keypoints(gray, arrays["keypoints"], arrays["scales"])
+            picture = draw_keypoints(gray, arrays["keypoints"], arrays["scales"], arrays["scores"],
+                                     max_keypoints=args.viz_keypoints or None, label=label)
             write_atomic(png, lambda tmp: cv2.imwrite(str(tmp), picture))
     if failed:
         print(f"keynet detect: {failed} input(s) failed, {len(images) + len(problems) - failed} image(s) written",

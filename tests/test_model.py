@@ -13,6 +13,14 @@ def test_parameter_counts():
     assert count_parameters(build_model("tiny")) == 281
 
 
+def test_architecture_is_the_released_one():
+    # axelBarroso/Key.Net train_network.py defaults: --num-filters 8, --num-learnable-blocks 3,
+    # --num-levels-within-net 3, --factor-scaling-pyramid 1.2, --conv-kernel-size 5.
+    conf = build_model("keynet").conf
+    assert (conf["num_filters"], conf["num_blocks"], conf["num_levels"], conf["pyramid_factor"], conf["kernel_size"]) == (
+        8, 3, 3, 1.2, 5)
+
+
 def test_handcrafted_block_on_a_quadratic_surface():
     # f = a x^2 + b y^2 + c x y: normalised Sobel derivatives are exact for quadratics in the interior.
     a, b, c = 0.003, -0.002, 0.001

@@ -375,7 +375,8 @@ def single_filter_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 def _local_maxima(score, r, border, threshold, rows, cols) -> int:
     """Writes the positions (row-major) of the strict maxima of ``score`` (H, W) in windows of
     radius r clipped at the edges, above ``threshold`` and at least ``border`` pixels from the
-    edges, into rows, cols; returns their count.
+    edges, into rows, cols; returns their count, or -1 if they do not fit in rows, cols (then
+    the written part is incomplete).
 
     Most pixels fail the test against their 3x3 neighbours. Where all 8 exist, that test runs
     first, column-vectorised over the row (on slices, whose indices the compiler knows are not
@@ -391,6 +392,8 @@ def _local_maxima(score, r, border, threshold, rows, cols) -> int:
         row = score[v]
         if r == 0 or v == 0 or v == h - 1:
             n = _add_kept(score, v, border, w - border, r, threshold, rows, cols, n)
+            if n < 0:
+                return -1
             continue
         up, down = score[v - 1], score[v + 1]
         ul, uc, ur = up[lo - 1 : hi - 1], up[lo:hi], up[lo + 1 : hi + 1]
@@ -401,20 +404,29 @@ def _local_maxima(score, r, border, threshold, rows, cols) -> int:
             m = max(max(max(ul[i], uc[i]), max(ur[i], ml[i])), max(max(mr[i], dl[i]), max(dc[i], dr[i])))
             passed[i] = (s > m) & (s > threshold)
         n = _add_kept(score, v, border, min(lo, w - border), r, threshold, rows, cols, n)  # column 0, border 0
+        if n < 0:
+            return -1
         for i in range(n_in):
             if passed[i] and not (r > 1 and _beaten(score, mc[i], v, lo + i, r)):
+                if n >= rows.shape[0]:
+                    return -1
                 rows[n], cols[n] = v, lo + i
                 n += 1
         n = _add_kept(score, v, max(lo, hi), w - border, r, threshold, rows, cols, n)  # the last column
+        if n < 0:
+            return -1
     return n
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
 def _add_kept(score, v, u0, u1, r, threshold, rows, cols, n) -> int:
-    """The scalar test of ``_local_maxima`` for columns [u0, u1) of row v; returns the new count."""
+    """The scalar test of ``_local_maxima`` for columns [u0, u1) of row v; returns the new count,
+    or -1 if it does not fit in rows, cols."""
     for u in range(u0, u1):
         s = score[v, u]
         if s > threshold and not _beaten(score, s, v, u, min(r, 1)) and not (r > 1 and _beaten(score, s, v, u, r)):
+            if n >= rows.shape[0]:
+                return -1
             rows[n], cols[n] = v, u
             n += 1
     return n
@@ -442,6 +454,9 @@ def local_maxima(score: torch.Tensor, size: int, border: int, threshold: float) 
     bound = -(-h // (r + 1)) * -(-w // (r + 1))
     rows, cols = torch.empty(bound, dtype=torch.int64), torch.empty(bound, dtype=torch.int64)
     n = _local_maxima(score.contiguous().numpy(), r, border, float(threshold), rows.numpy(), cols.numpy())
+    if n < 0:
+        raise RuntimeError(f"local_maxima: more than {bound} maxima of size {size} in a {h}x{w} score, "
+                           "which strict maxima cannot have")
     return rows[:n], cols[:n]
 
 

@@ -193,6 +193,23 @@ def test_hand_computed_pair() -> None:
     assert out1["idx_a"].tolist() == [0] and out1["idx_b"].tolist() == [0] and out1["rep_L"] == 1.0
 
 
+def test_overlap_threshold_is_0_6_end_to_end() -> None:
+    # Identity H on 100 x 100 images, pairs whose overlap lies between 0.5 and 0.6:
+    # A0 (30,30) r=10 and B0 (44,30) r=10: two radius-30 circles 14 px apart, L and SL alike;
+    # A1 (70,70) r=10 and B1 (70,70) r=7.5: L IoU 1; SL radii 30 and 22.5, concentric.
+    R, d = 30.0, 14.0
+    lens = 2 * R**2 * np.arccos(d / (2 * R)) - (d / 2) * np.sqrt(4 * R**2 - d**2)  # equal circles
+    iou_a0b0 = lens / (2 * np.pi * R**2 - lens)
+    iou_a1b1_sl = (7.5 / 10) ** 2  # concentric: area ratio
+    assert 0.5 < iou_a0b0 < 0.6 and 0.5 < iou_a1b1_sl < 0.6
+    ka, kb = np.array([[30.0, 30], [70, 70]]), np.array([[44.0, 30], [70, 70]])
+    out = P.keynet_repeatability(ka, [10, 10], [2, 1], kb, [10, 7.5], [2, 1], np.eye(3), (100, 100), (100, 100))
+    assert (out["num_a"], out["num_b"]) == (2, 2)
+    # Only A1-B1 under L corresponds (IoU 1); every pair below 0.6 is not a correspondence.
+    assert (out["num_corr_L"], out["num_corr_SL"]) == (1, 0)
+    assert out["rep_L"] == 0.5 and out["rep_SL"] == 0.0
+
+
 def test_repeatability_through_scaling_h() -> None:
     # b is a scaled by 2: keypoints of b at 2x position and 2x radius map back exactly.
     H = np.diag([2.0, 2.0, 1.0])

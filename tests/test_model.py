@@ -13,6 +13,14 @@ def test_parameter_counts():
     assert count_parameters(build_model("tiny")) == 281
 
 
+def test_architecture_is_the_released_one():
+    # axelBarroso/Key.Net train_network.py defaults: --num-filters 8, --num-learnable-blocks 3,
+    # --num-levels-within-net 3, --factor-scaling-pyramid 1.2, --conv-kernel-size 5.
+    conf = build_model("keynet").conf
+    assert (conf["num_filters"], conf["num_blocks"], conf["num_levels"], conf["pyramid_factor"], conf["kernel_size"]) == (
+        8, 3, 3, 1.2, 5)
+
+
 def test_handcrafted_block_on_a_quadratic_surface():
     # f = a x^2 + b y^2 + c x y: normalised Sobel derivatives are exact for quadratics in the interior.
     a, b, c = 0.003, -0.002, 0.001
@@ -50,12 +58,51 @@ def test_response_equals_kornia(data_dir, reference_weights, image):
     with torch.no_grad():
         a, b = ours(x), theirs(x)
     assert a.shape == x.shape
-    assert (a - b).abs().max().item() <= 1e-5
+    assert torch.equal(a, b)  # bit for bit, not only close
 
 
 def test_wrong_architecture_is_a_clear_error(reference_weights):
-    with pytest.raises(ValueError, match="does not fit the 'tiny' architecture"):
+    with pytest.raises(ValueError, match="does not fit the 'tiny' architecture") as err:
         load_model(reference_weights, model="tiny")
+    assert "\n" not in str(err.value) and "unexpected keys: feature_extractor.lb_block.conv1.0.weight" in str(err.value)
+
+
+def test_truncated_weights_are_refused_on_one_line_naming_the_keys(reference_weights, tmp_path):
+    state = load_state_dict_file(reference_weights)
+    del state["last_conv.0.bias"]
+    state["extra.weight"] = torch.zeros(3)
+    path = tmp_path / "truncated.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError) as err:
+        load_model(path)
+    msg = str(err.value)
+    assert "\n" not in msg and "does not fit the 'keynet' architecture" in msg
+    assert "missing keys: last_conv.0.bias" in msg and "unexpected keys: extra.weight" in msg
+    # Only the missing key: still refused, not loaded with the bias left at its random start.
+    del state["extra.weight"]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"missing keys: last_conv\.0\.bias$"):
+        load_model(path)
+
+
+def test_weights_of_the_wrong_shape_are_named(reference_weights, tmp_path):
+    state = load_state_dict_file(reference_weights)
+    state["last_conv.0.weight"] = state["last_conv.0.weight"][:, :, :3, :3]
+    path = tmp_path / "reshaped.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError) as err:
+        load_model(path)
+    assert str(err.value).endswith(": wrong shapes: last_conv.0.weight (1x24x3x3 in the file, 1x24x5x5 expected)")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_line(tmp_path):
+    bad = tmp_path / "w.pth"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(ValueError) as err:
+        load_state_dict_file(bad)
+    assert str(err.value) == f"{bad} is not a readable PyTorch weights file (torch.load could not read it)"
+    with pytest.raises(FileNotFoundError):
+        load_state_dict_file(tmp_path / "missing.pth")
 
 
 def test_tiny_forward_shape():

@@ -1,5 +1,6 @@
 """The training loop on a handful of synthetic photos: loss falls, resume continues the same run,
-the CSV/plot/checkpoints are written, the CLI exports weights, and DDP runs with 2 processes."""
+the CSV/plot/checkpoints are written, the CLI exports weights, and a DDP step with 2 processes
+averages their gradients."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import torch
 
 from keynet.model import build_model
 from keynet.cli import train as cli
-from keynet.train.loop import TrainConfig, learning_rate, train
+from keynet.train.loop import TrainConfig, epoch_order, init_weights, learning_rate, to_views, train
+from keynet.train.loss import msip_loss
+from keynet.train.synthesis import HOMOGRAPHY_PRESETS, JitterConfig, PairConfig, load_or_generate
 from keynet.weights import load_model, load_state_dict_file
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -104,15 +107,54 @@ def test_learning_rate_schedules():
 
 
 def test_ddp_two_processes(image_dir: Path, tmp_path: Path):
-    """torchrun with 2 CPU processes (gloo): the run completes and rank 0 writes the checkpoints."""
+    """torchrun with 2 CPU processes (gloo): one step of a batch of 4 pairs, 2 per process, then the
+    checkpoint of rank 0 against the same step computed here in one process.
+
+    DDP averages the two processes' gradients; BatchNorm is not synchronised, so each process
+    normalises its own 2 pairs and rank 0 keeps its own running statistics. The step here does the
+    same: one forward per half of the batch (rank 0's half on the network that is compared), the
+    mean of the two losses, one Adam step. Adam's first moment after one step is 0.1 * gradient,
+    so the checkpointed optimizer state gives the averaged gradient itself, not only its sign.
+    """
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
            "-m", "keynet.cli", "train", "--out", str(out), "--images", str(image_dir), "--num-pairs", "8",
            "--num-val-pairs", "2", "--crop", "64", "--val-crop", "64", "--epochs", "1", "--batch-size", "4",
+           "--max-steps", "1", "--max-minutes", "0", "--lr-schedule", "constant",
            "--threads", "1", "--val-sequence", "none", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = torch.load(out / "last.pt", weights_only=False)
-    assert ckpt["step"] == 2
+    assert ckpt["step"] == 1
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
+
+    conf = TrainConfig(**ckpt["config"])
+    pair_conf = PairConfig(num_pairs=conf.num_pairs, crop=conf.crop, homography=HOMOGRAPHY_PRESETS[conf.preset],
+                           jitter=JitterConfig(), seed=conf.seed, split="train")
+    pairs = load_or_generate(conf.image_dir, pair_conf, conf.resolved_cache_dir(), progress=False)
+    halves = epoch_order(conf.seed, 0, conf.num_pairs)[: conf.batch_size].reshape(2, -1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        nets = [build_model(conf.model) for _ in halves]
+        for net in nets:
+            init_weights(net, conf.seed)
+            net.train()
+        for net, idx in zip(nets, halves):
+            src, dst, h = to_views(pairs, idx)
+            score = net(torch.cat([src, dst]))
+            loss, _ = msip_loss(score[: len(idx)], score[len(idx) :], h, conf.msip_sizes, conf.msip_weights, conf.border)
+            (0.5 * loss).backward()
+        grads = [a.grad + b.grad for a, b in zip(nets[0].parameters(), nets[1].parameters())]
+        for p, g in zip(nets[0].parameters(), grads):
+            p.grad = g
+        opt = torch.optim.Adam(nets[0].parameters(), lr=conf.lr, weight_decay=conf.weight_decay)
+        opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    first_moments = [ckpt["optimizer"]["state"][i]["exp_avg"] / 0.1 for i in range(len(grads))]
+    for got, want in zip(first_moments, grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
+    for k, v in nets[0].state_dict().items():
+        torch.testing.assert_close(ckpt["state_dict"][k], v, rtol=1e-6, atol=1e-7, msg=k)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,9 +15,15 @@ def translation(tx: float, ty: float) -> torch.Tensor:
     return torch.tensor([[[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]]])
 
 
+# M-SIP window sizes and level weights, written here from the released code (axelBarroso/Key.Net,
+# train_network.py: MSIP_sizes = [8, 16, 24, 32, 40], MSIP_factor_loss = [256.0, 64.0, 16.0, 4.0, 1.0]);
+# the paper (Sec. 3.3) uses the same five window sizes.
+RELEASED_SIZES = (8, 16, 24, 32, 40)
+RELEASED_WEIGHTS = (256.0, 64.0, 16.0, 4.0, 1.0)
+
+
 def test_paper_levels():
-    assert MSIP_SIZES == (8, 16, 24, 32, 40)
-    assert MSIP_WEIGHTS == (256.0, 64.0, 16.0, 4.0, 1.0)
+    assert MSIP_SIZES == RELEASED_SIZES and MSIP_WEIGHTS == RELEASED_WEIGHTS
 
 
 def test_ip_layer_delta_and_scale_invariance():
@@ -102,11 +109,83 @@ def test_border_and_visibility_masks():
     assert loss2.item() == 0.0 and a2.grad.abs().max() == 0.0
 
 
-def test_full_msip_runs_on_training_size():
-    torch.manual_seed(0)
-    a = torch.rand(2, 1, 64, 64, requires_grad=True)
-    b = torch.rand(2, 1, 64, 64)
-    loss, levels = msip_loss(a, b, translation(1.5, -2.0).repeat(2, 1, 1))
+def _reference_one_way(sa: np.ndarray, sb: np.ndarray, t: tuple[int, int], border: int, n: int) -> float:
+    """The IP loss of view a against view b for an integer translation ``x_b = x_a + t``, written
+    out window by window from the definitions in the loss module's docstring: shifts instead of
+    warps, loops instead of pooling."""
+    h, w = sa.shape
+    tx, ty = t
+    inner_a = np.zeros((h, w), bool)
+    inner_a[border : h - border, border : w - border] = True
+    inner_b = inner_a  # same size
+    visible = np.zeros((h, w), bool)
+    target = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            yb, xb = y + ty, x + tx
+            if inner_a[y, x] and 0 <= yb < h and 0 <= xb < w and inner_b[yb, xb]:
+                visible[y, x] = True
+                target[y, x] = sb[yb, xb]
+    a = np.where(visible, sa, 0.0)
+    coords, soft, goal, valid = [], [], [], []
+    for i in range(h // n):
+        for j in range(w // n):
+            win = a[i * n : (i + 1) * n, j * n : (j + 1) * n]
+            m = win.max()
+            wts = np.exp(win / m) - 1.0 if m > 0 else np.zeros_like(win)
+            ys, xs = np.mgrid[i * n : (i + 1) * n, j * n : (j + 1) * n]
+            norm = wts.sum()
+            coords.append([(wts * xs).sum() / norm, (wts * ys).sum() / norm] if norm > 0 else [0.0, 0.0])
+            soft.append((wts * win).sum() / norm if norm > 0 else 0.0)
+            twin = target[i * n : (i + 1) * n, j * n : (j + 1) * n]
+            k = np.unravel_index(np.argmax(twin), twin.shape)
+            goal.append([j * n + k[1], i * n + k[0]])
+            valid.append(twin.max() > 0 and soft[-1] > 0)
+    soft = np.array(soft)
+    e = np.exp(soft / soft.max())
+    weights = 100.0 * e / e.sum()
+    dist = (((np.array(coords) - np.array(goal)) / n) ** 2).sum(1)
+    return 1000.0 * float((weights * np.array(valid) * dist).mean())
+
+
+def test_full_msip_equals_a_loop_reference_on_training_size():
+    """M-SIP on 192 px training crops (two pairs, each shifted so that part of each view is not
+    seen by the other) against the loop reference above."""
+    shifts = [(12, -7), (-5, 9)]
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 1, 192, 192, generator=g, dtype=torch.float64) ** 4  # peaky, as trained responses
+    b = torch.rand(2, 1, 192, 192, generator=g, dtype=torch.float64) ** 4
+    h = torch.cat([translation(*t) for t in shifts]).double()
+    a.requires_grad_(True)
+    loss, levels = msip_loss(a, b, h, border=16)
     loss.backward()
-    assert torch.isfinite(loss) and loss > 0 and set(levels) == set(MSIP_SIZES)
-    assert torch.isfinite(a.grad).all()
+    ref_levels = {}
+    for n in RELEASED_SIZES:  # msip_loss's defaults must be these sizes and weights
+        per_pair = []
+        for k, (tx, ty) in enumerate(shifts):
+            sa, sb = a[k, 0].detach().numpy(), b[k, 0].numpy()
+            per_pair.append(0.5 * (_reference_one_way(sa, sb, (tx, ty), 16, n) + _reference_one_way(sb, sa, (-tx, -ty), 16, n)))
+        ref_levels[n] = float(np.mean(per_pair))  # windows of the batch are averaged together
+    assert levels == pytest.approx(ref_levels, rel=1e-6)
+    expected = sum(w * ref_levels[n] for n, w in zip(RELEASED_SIZES, RELEASED_WEIGHTS))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert torch.isfinite(a.grad).all() and a.grad.abs().max() > 0
+
+
+def test_loss_ignores_the_part_of_a_view_the_other_does_not_see():
+    """Where b does not see a (x_a + 12 beyond b's border, or y_a - 7 within it), a's response has
+    no weight: changing it leaves the loss unchanged and gets no gradient."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(1, 1, 96, 96, generator=g, dtype=torch.float64)
+    b = torch.rand(1, 1, 96, 96, generator=g, dtype=torch.float64)
+    h = translation(12.0, -7.0).double()
+    ys, xs = torch.meshgrid(torch.arange(96), torch.arange(96), indexing="ij")
+    # b's inner part (16 px border) is 16..79; keep a margin of 2 px from the visible edge.
+    unseen = (xs + 12 > 79 + 2) | (ys - 7 < 16 - 2)
+    changed = torch.where(unseen, 5.0 * torch.rand(96, 96, generator=g, dtype=torch.float64), a[0, 0])[None, None]
+    a.requires_grad_(True)
+    loss, _ = msip_loss(a, b, h)
+    loss.backward()
+    assert loss.item() > 0
+    assert msip_loss(changed, b, h)[0].item() == pytest.approx(loss.item(), rel=1e-12)
+    assert a.grad[0, 0][unseen].abs().max() == 0.0 and a.grad[0, 0][~unseen].abs().max() > 0

@@ -55,20 +55,44 @@ def conf(**kw) -> PairConfig:
     return replace(base, **kw)
 
 
+# (min scale, max scale, max rotation in degrees, max shear), written here from the sources:
+# - released code, axelBarroso/Key.Net: train_network.py defaults --max-angle 45, --max-scale 2.0,
+#   --max-shearing 0.8; keyNet/datasets/dataset_utils.py generate_composed_homography draws the
+#   scale from [0.5, max_scaling], the angle from +-max_angle and the shear from +-max_shearing.
+RELEASED_RANGES = (0.5, 2.0, 45.0, 0.8)
+# - paper (Barroso-Laguna et al., ICCV 2019, training-data paragraph of the experiments): scale
+#   [0.5, 3.5], rotation +-60 degrees, skew +-0.8. Not re-checked against the PDF when written here.
+PAPER_RANGES = (0.5, 3.5, 60.0, 0.8)
+
+
+def _ranges(r) -> tuple[float, float, float, float]:
+    return (r.min_scale, r.max_scale, r.max_angle, r.max_shear)
+
+
 def test_presets():
-    paper, released = HOMOGRAPHY_PRESETS["paper"], HOMOGRAPHY_PRESETS["released"]
-    assert (paper.min_scale, paper.max_scale, paper.max_angle, paper.max_shear) == (0.5, 3.5, 60.0, 0.8)
-    assert (released.min_scale, released.max_scale, released.max_angle, released.max_shear) == (0.5, 2.0, 45.0, 0.8)
+    assert _ranges(HOMOGRAPHY_PRESETS["paper"]) == PAPER_RANGES
+    assert _ranges(HOMOGRAPHY_PRESETS["released"]) == RELEASED_RANGES
 
 
-def test_random_homography_ranges():
+@pytest.mark.parametrize("preset, ranges", [("released", RELEASED_RANGES), ("paper", PAPER_RANGES)])
+def test_random_homography_ranges(preset, ranges):
+    """Scale, angle and shear recovered from sampled homographies fill the preset's ranges."""
+    lo_s, hi_s, max_angle, max_shear = ranges
     rng = np.random.default_rng(0)
-    r = HOMOGRAPHY_PRESETS["released"]
-    for _ in range(200):
-        h = random_homography(rng, r)
-        assert np.allclose(h[2], [0, 0, 1])
-        scale = np.sqrt(np.linalg.det(h[:2, :2]))  # shear has determinant 1
-        assert r.min_scale - 1e-9 <= scale <= r.max_scale + 1e-9
+    got = []
+    for _ in range(2000):
+        h = random_homography(rng, HOMOGRAPHY_PRESETS[preset])
+        assert np.allclose(h[2], [0, 0, 1]) and np.allclose(h[:2, 2], 0)
+        # h = [[1, shear], [0, 1]] @ scale * rotation: the second row is scale * (sin a, cos a).
+        scale, angle = np.hypot(h[1, 0], h[1, 1]), np.degrees(np.arctan2(h[1, 0], h[1, 1]))
+        a = np.radians(angle)
+        shear_mat = h[:2, :2] @ np.linalg.inv(scale * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]))
+        assert np.allclose(shear_mat[[0, 1, 1], [0, 0, 1]], [1, 0, 1])
+        got.append((scale, angle, shear_mat[0, 1]))
+    scale, angle, shear = np.array(got).T
+    assert lo_s - 1e-9 <= scale.min() < lo_s * 1.02 and hi_s * 0.98 < scale.max() <= hi_s + 1e-9
+    assert -max_angle - 1e-9 <= angle.min() < -0.98 * max_angle and 0.98 * max_angle < angle.max() <= max_angle + 1e-9
+    assert -max_shear - 1e-9 <= shear.min() < -0.98 * max_shear and 0.98 * max_shear < shear.max() <= max_shear + 1e-9
 
 
 def test_list_and_split(image_dir: Path):

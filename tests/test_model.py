@@ -100,7 +100,7 @@ def test_a_file_that_is_not_a_checkpoint_is_one_clear_line(tmp_path):
     bad.write_text("not a checkpoint")
     with pytest.raises(ValueError) as err:
         load_state_dict_file(bad)
-    assert str(err.value) == f"{bad} is not a readable PyTorch weights file (torch.load could not read it)"
+    assert str(err.value) == f"{bad} is not a PyTorch weights file (torch.load cannot read it)"
     with pytest.raises(FileNotFoundError):
         load_state_dict_file(tmp_path / "missing.pth")
 

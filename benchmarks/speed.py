@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import platform
 import resource
 import statistics
 import tempfile
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 
 from keynet import KeyNetDetector
 from keynet.inference import FastKeyNet, native_bfloat16
+from keynet.native import cpu_description
 from keynet.parallel import run_tasks, tasks_disabled
 from keynet.model import KeyNet
 from keynet.paths import reference_weights_path, shared_data_dir
@@ -91,17 +91,6 @@ def export_onnx_files() -> Path | None:
         det = KeyNetDetector(weights=reference_weights_path(), num_keypoints=NUM_KEYPOINTS)
         export_detector_onnx(det, folder / "keynet_detector.onnx")
     return folder
-
-
-def cpu_name() -> str:
-    """The CPU's model name as the kernel reports it (Linux), else the architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def conv_gflops(repeats: int, threads: int) -> dict[str, float]:
@@ -269,7 +258,7 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also measure peak memory (slower)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"machine: {cpu_name()}, {args.threads} threads, torch {torch.__version__}, "
+    print(f"machine: {cpu_description()}, {args.threads} threads, torch {torch.__version__}, "
           f"native bfloat16: {'yes' if native_bfloat16() else 'no'}")
     mm = matmul_gflops(args.repeats)
     print(f"torch fp32 matmul (2048^2, fastest repeat): {mm:.1f} GFLOP/s")

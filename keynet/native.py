@@ -21,6 +21,7 @@ optional: without it keynet runs the same network with oneDNN's convolutions.
 from __future__ import annotations
 
 import ctypes
+import platform
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -68,6 +69,20 @@ def _cpuinfo() -> str:
         return Path("/proc/cpuinfo").read_text()
     except OSError:
         return ""
+
+
+def cpu_description() -> str:
+    """The CPU as speed figures should name it, e.g. ``AMD EPYC (family 25, model 17; AVX512, AVX512-BF16)``:
+    the model name, the family and model numbers (a VM often reports only a brand) and the vector
+    extensions that decide keynet's code paths; the architecture where /proc/cpuinfo is missing."""
+    fields = _cpu_fields(_cpuinfo())
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    flags = _cpu_flags()
+    isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX512"), ("avx512_bf16", "AVX512-BF16"),
+                                   ("amx_tile", "AMX")) if flag in flags]
+    return (f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}"
+            f"; {', '.join(isa) or 'no AVX2'})")
 
 
 @lru_cache(maxsize=None)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import shlex
 import sys
 from dataclasses import asdict, fields
@@ -78,6 +77,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from keynet.native import cpu_description
     from keynet.train.loop import export_weights, git_commit, train
 
     conf = config_from_args(args)
@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
             "steps": summary["steps"],
             "world_size": summary["world_size"],
             "torch": torch.__version__,
-            "machine": f"{platform.machine()} {platform.processor()} ({torch.get_num_threads()} threads)",
+            "machine": f"{cpu_description()}, {torch.get_num_threads()} threads",
             "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         path = export_weights(summary["best_path"], args.export, recipe)

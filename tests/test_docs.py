@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "MODEL_CARD.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", ROOT / "MODEL_CARD.md", ROOT / "tests" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Words about how the project was developed, not about what it does.
 FORBIDDEN = re.compile(r"\bsessions?\b|\bhelpers?\b|\bissues?\b|\bthis machine\b|\bthis VM\b|\bthe machine\b",
                        re.IGNORECASE)

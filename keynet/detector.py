@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .io.image import ImageError, load_image, to_float_gray
+from .io.image import to_image_batch
 from .inference import COMPUTE_DTYPES, FastKeyNet, eager_on_cpu, downsampled_side, native_bfloat16, pyrdown, upsampled_side
 from .kernels import local_maxima
 from .model import KeyNet
@@ -82,6 +82,111 @@ def keypoints_to_lafs(keypoints: torch.Tensor, scales: torch.Tensor) -> torch.Te
     return lafs
 
 
+class LevelScorer:
+    """Keypoints of one pyramid level: the network's response (in row bands when the level is
+    large), strict maxima above the score threshold and outside the border, and their mapping from
+    level pixels to image coordinates (see the module docstring). Used by ``KeyNetDetector`` and,
+    step by step, by the ONNX export of the whole detection.
+
+    Args:
+        net: the response network (``FastKeyNet`` for Key.Net, or any (B,1,H,W) -> (B,1,H,W) module).
+        conf: the detector's options (``KeyNetDetector.default_conf``).
+    """
+
+    # Rows of context above and below a band: more than the network's receptive-field radius
+    # (about 20 px: the Sobel pair, three 5x5 convs at 1/1.44 resolution, two blurs, the last conv).
+    band_margin = 32
+
+    def __init__(self, net: nn.Module, conf: dict[str, Any]) -> None:
+        self.net = net
+        self.conf = conf
+
+    def level_mask(self, mask: torch.Tensor, size: tuple[int, int], fx: float, fy: float) -> torch.Tensor:
+        """The image mask sampled at the image pixel nearest each level pixel's mapped position."""
+        (nh, nw), (h, w) = size, mask.shape[-2:]
+        u = torch.arange(nw, dtype=torch.float64)
+        v = torch.arange(nh, dtype=torch.float64)
+        xs, ys = self.map(u, fx), self.map(v, fy)
+        xs = xs.round().clamp(0, w - 1).long().to(mask.device)
+        ys = ys.round().clamp(0, h - 1).long().to(mask.device)
+        return mask[:, :, ys][:, :, :, xs]
+
+    def map(self, coord: torch.Tensor, factor: float) -> torch.Tensor:
+        if self.conf["compat"] == "kornia":
+            return coord * factor
+        return (coord + 0.5) * factor - 0.5
+
+    def bands(self, h: int, w: int) -> list[tuple[int, int]]:
+        """Row ranges [r0, r1) covering h rows, each at most ``band_pixels`` pixels (one band if it fits)."""
+        rows = max(self.band_margin, self.conf["band_pixels"] // max(w, 1))
+        return [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
+
+    def in_bands(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, margin: int) -> torch.Tensor:
+        """``fn(x)`` for a map-to-same-size function, computed in row bands when ``x`` is large: each
+        band sees ``margin`` rows of context on each side, of which its result keeps none."""
+        h, w = x.shape[-2:]
+        bands = self.bands(h, w)
+        if len(bands) == 1:
+            return fn(x)
+        out = None
+        for r0, r1 in bands:
+            a, z = max(0, r0 - margin), min(h, r1 + margin)
+            part = fn(x[..., a:z, :])[..., r0 - a : r1 - a, :]
+            if out is None:
+                out = part.new_empty(x.shape)
+            out[..., r0:r1, :] = part
+        return out
+
+    def response(self, level: torch.Tensor) -> torch.Tensor:
+        """The network's response to ``level``, in row bands when the level is large.
+
+        Key.Net's own network (``FastKeyNet``) bands exactly: the response equals the whole-level
+        one. Another ``network`` gets bands with ``band_margin`` rows of context on each side; then
+        a network that resamples internally (an exported Key.Net) sees each band's own resampling
+        grid, which changes scores slightly. Levels up to ``band_pixels`` are computed whole.
+        """
+        if isinstance(self.net, FastKeyNet):
+            return self.net(level, band_pixels=self.conf["band_pixels"])
+        return self.in_bands(self.net, level, self.band_margin)
+
+    def maxima(self, score: torch.Tensor) -> torch.Tensor:
+        """``strict_maxima`` computed band by band (exact: a band sees the window's rows beyond it)."""
+        size = self.conf["nms_size"]
+        return self.in_bands(lambda part: strict_maxima(part, size), score, size // 2)
+
+    def keep(self, score: torch.Tensor, maxima: torch.Tensor) -> torch.Tensor:
+        """Where a level's ``score`` (B,1,h,w) gives a keypoint: its strict ``maxima``, above the score
+        threshold, outside the border. Written with index comparisons so that ONNX export traces it."""
+        c = self.conf
+        nh, nw = score.shape[-2:]
+        bd = c["border"]
+        v = torch.arange(nh, device=score.device)
+        u = torch.arange(nw, device=score.device)
+        inside = ((v >= bd) & (v < nh - bd))[:, None] & ((u >= bd) & (u < nw - bd))[None, :]
+        return maxima & (score > c["score_threshold"]) & inside
+
+    def scale(self, fx, fy):
+        """Keypoint radius on a level with factors fx, fy (floats, or traced scalars in export)."""
+        return 0.5 * (fx + fy) * self.conf["scale_mult"]
+
+    def candidates(self, level: torch.Tensor, fx: float, fy: float, mask: torch.Tensor | None) -> torch.Tensor:
+        """Maxima of one pyramid level of one image as rows (x, y, scale, score), row-major order."""
+        score = self.response(level)
+        c = self.conf
+        if eager_on_cpu(score) and score.dtype == torch.float32:
+            v, u = local_maxima(score[0, 0], c["nms_size"], c["border"], c["score_threshold"])  # row-major
+        else:
+            _, _, v, u = torch.nonzero(self.keep(score, self.maxima(score)), as_tuple=True)  # row-major
+        if mask is not None:
+            inside = self.level_mask(mask, tuple(score.shape[-2:]), fx, fy)[0, 0, v, u]
+            v, u = v[inside], u[inside]
+        s = score[0, 0, v, u]
+        x = self.map(u.double(), fx)
+        y = self.map(v.double(), fy)
+        scale = torch.full_like(x, self.scale(fx, fy))
+        return torch.stack([x, y, scale, s.double()], 1)
+
+
 class KeyNetDetector(nn.Module):
     """Key.Net keypoints with scale and score.
 
@@ -113,10 +218,6 @@ class KeyNetDetector(nn.Module):
         "band_pixels": 2**22,  # larger levels run the network and the suppression in row bands (memory)
         "precision": "float32",  # or "bfloat16" for Key.Net's learned convolutions (see FastKeyNet)
     }
-    # Rows of context above and below a band: more than the network's receptive-field radius
-    # (about 20 px: the Sobel pair, three 5x5 convs at 1/1.44 resolution, two blurs, the last conv).
-    band_margin = 32
-
     def __init__(
         self,
         weights: str | Path | None = None,
@@ -151,6 +252,7 @@ class KeyNetDetector(nn.Module):
         # function up to float rounding. Later changes to `net`'s weights are not seen.
         self.net = FastKeyNet(net, COMPUTE_DTYPES[c["precision"]]) if isinstance(net, KeyNet) else net
         self.net.eval()
+        self.scorer = LevelScorer(self.net, self.conf)
         # Follows .to(device) like a parameter would, also for a network without parameters.
         self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
         self.to(device)
@@ -166,56 +268,14 @@ class KeyNetDetector(nn.Module):
 
     def _to_batch(self, image: ImageInput) -> tuple[torch.Tensor, bool]:
         """A (B,1,H,W) float32 tensor in [0, 1] on the detector's device, and whether the input was a batch."""
-        if isinstance(image, (str, Path)):
-            image = load_image(image)
-        if isinstance(image, np.ndarray):
-            image = torch.from_numpy(to_float_gray(image))[None, None]
-            batched = False
-        elif isinstance(image, torch.Tensor):
-            batched = image.ndim == 4
-            if image.ndim == 2:
-                image = image[None, None]
-            elif image.ndim == 3 and image.shape[0] == 1:
-                image = image[None]
-            if image.ndim != 4 or image.shape[1] != 1:
-                raise ImageError(f"tensor image must be (H,W), (1,H,W) or (B,1,H,W) grayscale, got {tuple(image.shape)}")
-            if not image.is_floating_point():
-                raise ImageError(f"tensor image must be float in [0, 1], got {image.dtype}")
-            if image.numel() == 0:
-                raise ImageError(f"tensor image has zero size {tuple(image.shape)}")
-            lo, hi = (float(v) for v in torch.aminmax(image))  # one pass; NaN anywhere makes both NaN
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                raise ImageError("tensor image contains NaN or infinite values")
-            if lo < 0 or hi > 1:
-                raise ImageError("tensor image values must lie in [0, 1] (divide 8-bit data by 255)")
-            image = image.float()
-        else:
-            raise ImageError(f"unsupported image type {type(image).__name__}: use a path, numpy array or tensor")
-        h, w = image.shape[-2:]
-        if min(h, w) < self.min_image_size:
-            raise ImageError(f"image is {w}x{h} px; the detector needs at least {self.min_image_size} px per side")
-        return image.to(self.device), batched
+        batch, batched = to_image_batch(image, self.min_image_size)
+        return batch.to(self.device), batched
 
     def _levels(self, image: torch.Tensor) -> list[tuple[torch.Tensor, float, float]]:
         """Pyramid levels ``(tensor, fx, fy)``, upsampled first, as kornia's ``MultiResolutionDetector``.
         Levels too small to hold a keypoint are left out (they could only return nothing)."""
         pyramid = _Pyramid(self, image)
         return [(pyramid.level(j), *pyramid.factors(j)) for j in range(len(pyramid))]
-
-    def _level_mask(self, mask: torch.Tensor, size: tuple[int, int], fx: float, fy: float) -> torch.Tensor:
-        """The image mask sampled at the image pixel nearest each level pixel's mapped position."""
-        (nh, nw), (h, w) = size, mask.shape[-2:]
-        u = torch.arange(nw, dtype=torch.float64)
-        v = torch.arange(nh, dtype=torch.float64)
-        xs, ys = self._map(u, fx), self._map(v, fy)
-        xs = xs.round().clamp(0, w - 1).long().to(mask.device)
-        ys = ys.round().clamp(0, h - 1).long().to(mask.device)
-        return mask[:, :, ys][:, :, :, xs]
-
-    def _map(self, coord: torch.Tensor, factor: float) -> torch.Tensor:
-        if self.conf["compat"] == "kornia":
-            return coord * factor
-        return (coord + 0.5) * factor - 0.5
 
     def _to_mask(self, mask: Any, image: torch.Tensor) -> torch.Tensor:
         m = torch.as_tensor(mask)
@@ -252,78 +312,8 @@ class KeyNetDetector(nn.Module):
                     r["lafs"] = keypoints_to_lafs(r["keypoints"], r["scales"])
         return results if batched else results[0]
 
-    def _bands(self, h: int, w: int) -> list[tuple[int, int]]:
-        """Row ranges [r0, r1) covering h rows, each at most ``band_pixels`` pixels (one band if it fits)."""
-        rows = max(self.band_margin, self.conf["band_pixels"] // max(w, 1))
-        return [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
-
-    def _in_bands(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, margin: int) -> torch.Tensor:
-        """``fn(x)`` for a map-to-same-size function, computed in row bands when ``x`` is large: each
-        band sees ``margin`` rows of context on each side, of which its result keeps none."""
-        h, w = x.shape[-2:]
-        bands = self._bands(h, w)
-        if len(bands) == 1:
-            return fn(x)
-        out = None
-        for r0, r1 in bands:
-            a, z = max(0, r0 - margin), min(h, r1 + margin)
-            part = fn(x[..., a:z, :])[..., r0 - a : r1 - a, :]
-            if out is None:
-                out = part.new_empty(x.shape)
-            out[..., r0:r1, :] = part
-        return out
-
-    def _response(self, level: torch.Tensor) -> torch.Tensor:
-        """The network's response to ``level``, in row bands when the level is large.
-
-        Key.Net's own network (``FastKeyNet``) bands exactly: the response equals the whole-level
-        one. Another ``network`` gets bands with ``band_margin`` rows of context on each side; then
-        a network that resamples internally (an exported Key.Net) sees each band's own resampling
-        grid, which changes scores slightly. Levels up to ``band_pixels`` are computed whole.
-        """
-        if isinstance(self.net, FastKeyNet):
-            return self.net(level, band_pixels=self.conf["band_pixels"])
-        return self._in_bands(self.net, level, self.band_margin)
-
-    def _maxima(self, score: torch.Tensor) -> torch.Tensor:
-        """``strict_maxima`` computed band by band (exact: a band sees the window's rows beyond it)."""
-        size = self.conf["nms_size"]
-        return self._in_bands(lambda part: strict_maxima(part, size), score, size // 2)
-
-    def _keep(self, score: torch.Tensor, maxima: torch.Tensor) -> torch.Tensor:
-        """Where a level's ``score`` (B,1,h,w) gives a keypoint: its strict ``maxima``, above the score
-        threshold, outside the border. Written with index comparisons so that ONNX export traces it."""
-        c = self.conf
-        nh, nw = score.shape[-2:]
-        bd = c["border"]
-        v = torch.arange(nh, device=score.device)
-        u = torch.arange(nw, device=score.device)
-        inside = ((v >= bd) & (v < nh - bd))[:, None] & ((u >= bd) & (u < nw - bd))[None, :]
-        return maxima & (score > c["score_threshold"]) & inside
-
-    def _scale(self, fx, fy):
-        """Keypoint radius on a level with factors fx, fy (floats, or traced scalars in export)."""
-        return 0.5 * (fx + fy) * self.conf["scale_mult"]
-
-    def _level_candidates(self, level: torch.Tensor, fx: float, fy: float, mask: torch.Tensor | None) -> torch.Tensor:
-        """Maxima of one pyramid level of one image as rows (x, y, scale, score), row-major order."""
-        score = self._response(level)
-        c = self.conf
-        if eager_on_cpu(score) and score.dtype == torch.float32:
-            v, u = local_maxima(score[0, 0], c["nms_size"], c["border"], c["score_threshold"])  # row-major
-        else:
-            _, _, v, u = torch.nonzero(self._keep(score, self._maxima(score)), as_tuple=True)  # row-major
-        if mask is not None:
-            inside = self._level_mask(mask, tuple(score.shape[-2:]), fx, fy)[0, 0, v, u]
-            v, u = v[inside], u[inside]
-        s = score[0, 0, v, u]
-        x = self._map(u.double(), fx)
-        y = self._map(v.double(), fy)
-        scale = torch.full_like(x, self._scale(fx, fy))
-        return torch.stack([x, y, scale, s.double()], 1)
-
     def _pyramid_level_candidates(self, pyramid: _Pyramid, j: int, mask: torch.Tensor | None) -> torch.Tensor:
-        return self._level_candidates(pyramid.level(j), *pyramid.factors(j), mask)
+        return self.scorer.candidates(pyramid.level(j), *pyramid.factors(j), mask)
 
     def _detect_batch(self, batch: torch.Tensor, masks: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
         # One task per (image, level): images of a batch are independent, and one image at a time keeps

@@ -97,11 +97,11 @@ class _DetectionToTopK(nn.Module):
         for level, fx, fy in det._levels(image):
             score = det.net(level)
             nh, nw = score.shape[-2:]
-            keep = det._keep(score, strict_maxima(score, c["nms_size"]))
+            keep = det.scorer.keep(score, strict_maxima(score, c["nms_size"]))
             scores.append(torch.where(keep, score, torch.zeros_like(score)).flatten(1))
-            xs.append(det._map(torch.arange(nw, dtype=score.dtype), fx)[None, :].expand(nh, nw).flatten())
-            ys.append(det._map(torch.arange(nh, dtype=score.dtype), fy)[:, None].expand(nh, nw).flatten())
-            scales.append(torch.ones_like(xs[-1]) * det._scale(fx, fy))  # fx, fy stay symbolic
+            xs.append(det.scorer.map(torch.arange(nw, dtype=score.dtype), fx)[None, :].expand(nh, nw).flatten())
+            ys.append(det.scorer.map(torch.arange(nh, dtype=score.dtype), fy)[:, None].expand(nh, nw).flatten())
+            scales.append(torch.ones_like(xs[-1]) * det.scorer.scale(fx, fy))  # fx, fy stay symbolic
         top = torch.topk(torch.cat(scores, 1), c["num_keypoints"], dim=1)
         keypoints = torch.stack([torch.cat(xs)[top.indices], torch.cat(ys)[top.indices]], -1)
         return keypoints, torch.cat(scales)[top.indices], top.values

@@ -187,8 +187,8 @@ def test_banded_maxima_are_exact():
     det = KeyNetDetector(network=Identity(), band_pixels=40 * 64)  # bands of 40 rows of a 64-wide map
     g = torch.Generator().manual_seed(3)
     score = torch.randint(0, 50, (1, 1, 150, 64), generator=g).float()
-    assert len(det._bands(150, 64)) == 4
-    assert torch.equal(det._maxima(score), strict_maxima(score, 15))
+    assert len(det.scorer.bands(150, 64)) == 4
+    assert torch.equal(det.scorer.maxima(score), strict_maxima(score, 15))
 
 
 @pytest.mark.parametrize("model", ["keynet", "tiny"])
@@ -196,7 +196,7 @@ def test_banded_detection_equals_whole_image_detection(data_dir, model):
     img = read_gray(data_dir / "oxford_affine/bikes/img1.png")[..., :480, :640]
     whole = KeyNetDetector(model=model, num_keypoints=1000).detect(img)[0]
     banded_det = KeyNetDetector(model=model, num_keypoints=1000, band_pixels=100 * 640)
-    assert len(banded_det._bands(480, 640)) == 5
+    assert len(banded_det.scorer.bands(480, 640)) == 5
     banded = banded_det.detect(img)[0]
     assert len(banded["keypoints"]) == len(whole["keypoints"]) == 1000
     torch.testing.assert_close(banded["keypoints"], whole["keypoints"], rtol=0, atol=1e-4)

@@ -9,10 +9,12 @@ Decisions, stated once:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 
 class ImageError(ValueError):
@@ -77,3 +79,41 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     weights = np.array([0.299, 0.587, 0.114], dtype=np.float64)
     gray = rgb.astype(np.float64) @ weights
     return gray.astype(np.float32) if np.issubdtype(rgb.dtype, np.floating) else np.round(gray).astype(rgb.dtype)
+
+
+def to_image_batch(image: str | Path | np.ndarray | torch.Tensor, min_side: int = 1) -> tuple[torch.Tensor, bool]:
+    """Any accepted image input as a (B,1,H,W) float32 tensor in [0, 1], and whether it was a batch.
+
+    Accepted: a path; an (H, W) or (H, W, 3|4) numpy array (uint8, uint16 or float in [0, 1]); a float
+    tensor in [0, 1] of shape (H, W), (1, H, W) or (B, 1, H, W). Images smaller than ``min_side`` px
+    per side, and anything else, raise ``ImageError``.
+    """
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(to_float_gray(image))[None, None]
+        batched = False
+    elif isinstance(image, torch.Tensor):
+        batched = image.ndim == 4
+        if image.ndim == 2:
+            image = image[None, None]
+        elif image.ndim == 3 and image.shape[0] == 1:
+            image = image[None]
+        if image.ndim != 4 or image.shape[1] != 1:
+            raise ImageError(f"tensor image must be (H,W), (1,H,W) or (B,1,H,W) grayscale, got {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise ImageError(f"tensor image must be float in [0, 1], got {image.dtype}")
+        if image.numel() == 0:
+            raise ImageError(f"tensor image has zero size {tuple(image.shape)}")
+        lo, hi = (float(v) for v in torch.aminmax(image))  # one pass; NaN anywhere makes both NaN
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ImageError("tensor image contains NaN or infinite values")
+        if lo < 0 or hi > 1:
+            raise ImageError("tensor image values must lie in [0, 1] (divide 8-bit data by 255)")
+        image = image.float()
+    else:
+        raise ImageError(f"unsupported image type {type(image).__name__}: use a path, numpy array or tensor")
+    h, w = image.shape[-2:]
+    if min(h, w) < min_side:
+        raise ImageError(f"image is {w}x{h} px; the detector needs at least {min_side} px per side")
+    return image, batched

@@ -236,25 +236,21 @@ def release_thread_buffers() -> None:
     _thread_buffers.clear()
 
 
-class FastKeyNet(nn.Module):
-    """Inference-only copy of a ``KeyNet`` (its weights at construction time). (B,1,H,W) -> (B,1,H,W).
+class LearnedBlocks(nn.Module):
+    """Key.Net's learned blocks (the handcrafted maps, then each 5x5 conv + BatchNorm + ReLU) in their
+    fastest form on this CPU, from a ``KeyNet``'s weights at construction time: BatchNorm folded
+    into the convolutions, and the weights laid out for the path that runs them (keynet's own kernel,
+    column pairs or row splits; see ``features``). (B,1,h,w) -> (B,F,h,w).
 
     Args:
         net: the network.
-        dtype: float32 (the same function up to float rounding) or bfloat16: the learned blocks'
-            convolutions take bfloat16 maps, weights and features (results differ by about 1e-3 of
-            the response's maximum, so some keypoints change; fast only where ``native_bfloat16()``).
+        dtype: float32, or bfloat16 for the convolutions' maps, weights and features.
     """
 
     def __init__(self, net: KeyNet, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        if dtype not in COMPUTE_DTYPES.values():
-            raise ValueError(f"dtype must be one of {sorted(COMPUTE_DTYPES)}, got {dtype}")
         self.dtype = dtype
         c = net.conf
-        self.num_levels = c["num_levels"]
-        self.pyramid_factor = c["pyramid_factor"]
-        self.min_input_size = net.min_input_size
         self.padding = c["kernel_size"] // 2
         blocks = list(net.feature_extractor.lb_block.children())
         self.row_split: list[bool] = []
@@ -288,13 +284,6 @@ class FastKeyNet(nn.Module):
         self.kernel_size = c["kernel_size"]
         # Rows of context a feature row depends on: 2 for the second derivatives, then each block's conv.
         self.feature_halo = 2 + self.num_blocks * self.padding
-        last = net.last_conv[0]
-        nf = c["num_filters"]
-        self.last_padding = last.kernel_size[0] // 2
-        # (levels, F, 1, k, k): level l's channels of the final kernel, one depthwise filter each
-        per_level = last.weight.detach()[0].reshape(self.num_levels, nf, 1, *last.kernel_size)
-        self.register_buffer("last_weight", per_level.clone())
-        self.register_buffer("last_bias", last.bias.detach().clone())
 
     def _conv_relu(self, x: torch.Tensor, i: int) -> torch.Tensor:
         w, b = getattr(self, f"w{i}"), getattr(self, f"b{i}")
@@ -324,12 +313,12 @@ class FastKeyNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The learned blocks' output for (B,1,h,w) images: float32 (B,F,h,w)."""
-        f, w = self._computed_features(x)
+        f, w = self.computed(x)
         if f.shape[-1] != w:
             f = f[..., :w].contiguous(memory_format=torch.channels_last)
         return f.float()
 
-    def _computed_features(self, x: torch.Tensor, rows: tuple[int, int] | None = None,
+    def computed(self, x: torch.Tensor, rows: tuple[int, int] | None = None,
                            slot: int | None = None) -> tuple[torch.Tensor, int]:
         """``features`` as computed, in the compute dtype and, for column pairs of an odd width w, with
         a zero column after the w valid ones; and w. With ``rows`` (r0, r1), only those rows need
@@ -390,14 +379,47 @@ class FastKeyNet(nn.Module):
             f = out
         return f
 
-    def _features_around(self, x: torch.Tensor, s0: int, s1: int, computed: bool = False,
+    def around(self, x: torch.Tensor, s0: int, s1: int, computed: bool = False,
                          slot: int | None = None) -> tuple[torch.Tensor, int]:
         """Features of rows [f0, f1) of ``x``, exact on rows [s0, s1) (the ones near an inner edge
-        of the slice are not), and f0; with ``computed``, as ``_computed_features`` returns them
+        of the slice are not), and f0; with ``computed``, as ``computed`` returns them
         (compute dtype, maybe a zero column more; ``slot``: see ``_native_features``)."""
         f0, f1 = max(0, s0 - self.feature_halo), min(x.shape[-2], s1 + self.feature_halo)
         part = x[..., f0:f1, :]
-        return (self._computed_features(part, (s0 - f0, s1 - f0), slot)[0] if computed else self.features(part)), f0
+        return (self.computed(part, (s0 - f0, s1 - f0), slot)[0] if computed else self.features(part)), f0
+
+
+class FastKeyNet(nn.Module):
+    """Inference-only copy of a ``KeyNet`` (its weights at construction time). (B,1,H,W) -> (B,1,H,W).
+
+    The learned blocks run as ``LearnedBlocks``; this module builds the in-network pyramid, runs
+    the blocks and the final convolution in exact row bands, and resamples the levels on the whole
+    image's grid.
+
+    Args:
+        net: the network.
+        dtype: float32 (the same function up to float rounding) or bfloat16: the learned blocks'
+            convolutions take bfloat16 maps, weights and features (results differ by about 1e-3 of
+            the response's maximum, so some keypoints change; fast only where ``native_bfloat16()``).
+    """
+
+    def __init__(self, net: KeyNet, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if dtype not in COMPUTE_DTYPES.values():
+            raise ValueError(f"dtype must be one of {sorted(COMPUTE_DTYPES)}, got {dtype}")
+        self.dtype = dtype
+        c = net.conf
+        self.num_levels = c["num_levels"]
+        self.pyramid_factor = c["pyramid_factor"]
+        self.min_input_size = net.min_input_size
+        self.blocks = LearnedBlocks(net, dtype)
+        last = net.last_conv[0]
+        nf = c["num_filters"]
+        self.last_padding = last.kernel_size[0] // 2
+        # (levels, F, 1, k, k): level l's channels of the final kernel, one depthwise filter each
+        per_level = last.weight.detach()[0].reshape(self.num_levels, nf, 1, *last.kernel_size)
+        self.register_buffer("last_weight", per_level.clone())
+        self.register_buffer("last_bias", last.bias.detach().clone())
 
     def _final_term(self, f: torch.Tensor, level: int) -> torch.Tensor:
         """Level ``level``'s share of the final convolution, (B,1,h,w), from its (upsampled) features."""
@@ -416,7 +438,7 @@ class FastKeyNet(nn.Module):
         for j, level in enumerate(pyramid):
             i0, i1, weight = _source_rows(a, z, level.shape[-2], h)
             # the features are used up by the end of this band: this thread's buffers can hold them
-            f, f0 = self._features_around(level, int(i0[0]), int(i1[-1]) + 1, computed=compiled, slot=j)
+            f, f0 = self.blocks.around(level, int(i0[0]), int(i1[-1]) + 1, computed=compiled, slot=j)
             feats.append(f)
             rows.append((i0 - f0, i1 - f0, weight))
         if compiled:
@@ -440,9 +462,9 @@ class FastKeyNet(nn.Module):
         """The response before bias and ReLU in one piece with ``F.interpolate``: the traceable form
         that ONNX export records (H and W stay symbolic)."""
         size = (pyramid[0].shape[-2], pyramid[0].shape[-1])
-        out = self._final_term(self.features(pyramid[0]), 0)
+        out = self._final_term(self.blocks.features(pyramid[0]), 0)
         for level in range(1, self.num_levels):
-            f = F.interpolate(self.features(pyramid[level]), size=size, mode="bilinear", align_corners=False)
+            f = F.interpolate(self.blocks.features(pyramid[level]), size=size, mode="bilinear", align_corners=False)
             out = out + self._final_term(f, level)
         return out
 

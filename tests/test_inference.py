@@ -205,12 +205,12 @@ def test_column_pairs_give_the_plain_convolutions(width, dtype):
     torch.manual_seed(2)
     fast = FastKeyNet(randomise_batchnorm(build_model("keynet")), dtype)
     x = torch.rand(2, 1, 41, width)
-    fast.native_conv = False  # the column pairs are the alternative to keynet's own kernel
+    fast.blocks.native_conv = False  # the column pairs are the alternative to keynet's own kernel
     with torch.no_grad():
-        fast.pair_columns = False
-        plain = fast.features(x)
-        fast.pair_columns = True
-        paired = fast.features(x)
+        fast.blocks.pair_columns = False
+        plain = fast.blocks.features(x)
+        fast.blocks.pair_columns = True
+        paired = fast.blocks.features(x)
     assert paired.shape == plain.shape and paired.is_contiguous(memory_format=torch.channels_last)
     tol = 1e-6 if dtype == torch.float32 else 1e-2  # bfloat16 features are rounded to 8 bits
     assert (paired - plain).abs().max() <= tol * plain.abs().max()

@@ -92,7 +92,7 @@ def test_network_on_the_kernel_equals_the_network(dtype, monkeypatch):
     torch.manual_seed(3)
     net = randomise_batchnorm(build_model("keynet"))
     fast = FastKeyNet(net, dtype)
-    fast.native_conv = True
+    fast.blocks.native_conv = True
     x = torch.rand(2, 1, 150, 77)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the kernel serves single-threaded convolutions only

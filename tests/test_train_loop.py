@@ -158,3 +158,30 @@ def test_ddp_two_processes(image_dir: Path, tmp_path: Path):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
     for k, v in nets[0].state_dict().items():
         torch.testing.assert_close(ckpt["state_dict"][k], v, rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_resume_with_another_number_of_processes_continues_the_schedule(image_dir: Path, tmp_path: Path):
+    """Two steps in one process, then ``--resume`` under torchrun with 2 processes: the run goes on
+    from step 3 to the end (4 steps), with the learning rate and the log of an uninterrupted run."""
+    kw = dict(epochs=2, batch_size=4, lr_schedule="cosine", log_every=1, val_every=100, threads=1)
+    reference = tmp_path / "reference"
+    train(small_conf(image_dir, reference, **kw), log=lambda s: None)
+    run = tmp_path / "run"
+    conf = small_conf(image_dir, run, **kw)
+    train(replace(conf, max_steps=2), log=lambda s: None)
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 2
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518",
+           "-m", "keynet.cli", "train", "--resume", "--out", str(run), "--images", str(image_dir),
+           "--cache-dir", conf.cache_dir, "--num-pairs", "8", "--num-val-pairs", "2", "--crop", "64",
+           "--val-crop", "64", "--epochs", "2", "--batch-size", "4", "--lr", str(conf.lr), "--seed", "1",
+           "--log-every", "1", "--val-every", "100", "--max-minutes", "0", "--threads", "1",
+           "--val-sequence", "none", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["step"] == 4
+    rows = [r for r in read_csv(run / "log.csv") if r["loss"]]
+    ref_rows = [r for r in read_csv(reference / "log.csv") if r["loss"]]
+    assert [int(r["step"]) for r in rows] == [int(r["step"]) for r in ref_rows] == [1, 2, 3, 4]
+    assert [r["lr"] for r in rows] == [r["lr"] for r in ref_rows]

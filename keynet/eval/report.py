@@ -176,13 +176,13 @@ def write_plots(out_dir: Path, results: dict[str, dict[str, dict[str, Any]]]) ->
     datasets = list(dict.fromkeys(d for r in results.values() for d in r))
     for ds in datasets:
         dets = [d for d in results if ds in results[d]]
-        fig, ax = plt.subplots(figsize=(5, 4))
+        fig, ax = plt.subplots(figsize=(7, 4.5))
         for det in dets:
             m = results[det][ds]["mean"]
             ax.plot(MMA_THRESHOLDS, [100 * m.get(f"mma@{t}", 0.0) for t in MMA_THRESHOLDS], marker="o", label=det)
         ax.set(xlabel="threshold (px)", ylabel="MMA (%)", title=f"MMA - {ds}", ylim=(0, 100), xticks=MMA_THRESHOLDS)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the curves
         mma_name, rep_name = plot_names(ds)
         fig.tight_layout()
         fig.savefig(out_dir / mma_name, dpi=100)
@@ -190,7 +190,8 @@ def write_plots(out_dir: Path, results: dict[str, dict[str, dict[str, Any]]]) ->
         written.append(mma_name)
 
         seqs = sorted({p["sequence"] for d in dets for p in results[d][ds]["pairs"]})
-        fig, axes = plt.subplots(2, 1, figsize=(max(5, 0.9 * len(seqs) * max(1, len(dets)) / 2 + 2), 6), sharex=True)
+        # at most ~14 in wide: more detectors make thinner bars, and the legend sits beside them
+        fig, axes = plt.subplots(2, 1, figsize=(min(14.0, 3.0 + 0.25 * len(seqs) * max(1, len(dets))), 6), sharex=True)
         width = 0.8 / max(1, len(dets))
         x = np.arange(len(seqs))
         for ax, key in zip(axes, ("rep_L", "rep_SL")):
@@ -200,7 +201,7 @@ def write_plots(out_dir: Path, results: dict[str, dict[str, dict[str, Any]]]) ->
             ax.set(ylabel=f"{key} (%)", ylim=(0, 100))
             ax.grid(axis="y", alpha=0.3)
         axes[0].set_title(f"Repeatability per sequence - {ds}")
-        axes[0].legend(fontsize=8)
+        axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         axes[1].set_xticks(x, seqs, rotation=45, ha="right")
         fig.tight_layout()
         fig.savefig(out_dir / rep_name, dpi=100)

@@ -130,3 +130,32 @@ def test_missing_shipped_weights_message(tmp_path, monkeypatch):
     monkeypatch.setattr(w, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="no shipped weights"):
         KeyNetDetector()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width x height pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    ok, buf = cv2.imencode(".png", np.zeros((8, 8), np.uint8))
+    data = bytearray(buf.tobytes())
+    struct.pack_into(">II", data, 16, width, height)  # IHDR: length, type, then width and height
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb_png(60000, 60000))  # 3.6 Gpx declared
+    with pytest.raises(ImageError, match="decompression bomb"):
+        load_image(path)
+
+
+def test_decoding_bytes_equals_reading_the_file(tmp_path, photo):
+    from keynet.io.image import decode_image
+
+    path = tmp_path / "p.jpg"
+    cv2.imwrite(str(path), photo)
+    np.testing.assert_array_equal(decode_image(path.read_bytes(), "p.jpg"), load_image(path))
+    with pytest.raises(ImageError, match="empty file"):
+        decode_image(b"", "nothing.png")

@@ -28,21 +28,33 @@ def load_image(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"image not found: {path}")
     if not path.is_file():
         raise ImageError(f"not a file: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
+    return decode_image(np.fromfile(path, dtype=np.uint8), str(path))
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
+    """An encoded image file's bytes (e.g. read by a distributed engine) as (H, W) float32 in [0, 1],
+    exactly as ``load_image`` reads the file; ``name`` is used in error messages."""
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data.size == 0:
-        raise ImageError(f"empty file (0 bytes): {path}")
+        raise ImageError(f"empty file (0 bytes): {name}")
     # ANYDEPTH keeps 16-bit samples; without IMREAD_UNCHANGED OpenCV applies EXIF orientation.
-    # OpenCV returns None for a truncated or undecodable file; its own log lines about such a file
-    # are silenced, since the ImageError below names the file and the reason.
+    # OpenCV returns None for a truncated or undecodable file, and raises for a header that declares
+    # more pixels than its limit (a decompression bomb) before allocating them; its own log lines
+    # about such a file are silenced, since the ImageError below names the file and the reason.
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
         image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as e:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(e):
+            raise ImageError(f"{name}: the image declares more pixels than OpenCV decodes "
+                             "(OPENCV_IO_MAX_IMAGE_PIXELS, default 2^30); a corrupt file or a decompression bomb") from None
+        raise ImageError(f"cannot decode {name}: {e.err or e}") from None
     finally:
         cv2.utils.logging.setLogLevel(level)
     if image is None:
-        raise ImageError(f"cannot decode {path}: not an image, or a truncated/corrupt file")
-    return to_float_gray(image, name=str(path))
+        raise ImageError(f"cannot decode {name}: not an image, or a truncated/corrupt file")
+    return to_float_gray(image, name=name)
 
 
 def to_float_gray(image: np.ndarray, name: str = "image") -> np.ndarray:

@@ -43,7 +43,9 @@ class FeatureFile:
         import h5py
 
         self.path = Path(path)
-        self._file = h5py.File(self.path, "a", libver="latest")
+        # The default (earliest) file format: "latest" marks the file open-for-write in its superblock,
+        # and a killed run would leave a file that readers refuse until `h5clear` is run on it.
+        self._file = h5py.File(self.path, "a")
         try:
             if PARTIAL in self._file:
                 del self._file[PARTIAL]
@@ -56,10 +58,8 @@ class FeatureFile:
     def _check_settings(self, settings: dict[str, Any]) -> None:
         text = json.dumps(settings, sort_keys=True)
         stored = self._file.attrs.get("keynet_settings")
-        if stored is None and self.names():
-            raise ValueError(f"{self.path} holds features keynet did not write; choose another file or overwrite it")
-        if stored is not None and stored != text:
-            raise ValueError(f"{self.path} holds features made with other settings ({stored}); "
+        if (stored is None and self.names()) or (stored is not None and stored != text):
+            raise ValueError(f"{self.path} holds features made with other settings ({stored or 'not recorded'}); "
                              "choose another file or overwrite it")
         self._file.attrs["keynet_settings"] = text
 

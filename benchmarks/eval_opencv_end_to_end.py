@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from keynet.eval.datasets import load_dataset
-from keynet.eval.detectors import RADIUS_PER_OPENCV_SIZE, Features, to_uint8
+from keynet.eval.detectors import RADIUS_PER_OPENCV_SIZE, Features, _cv_factory, to_uint8
 from keynet.eval.report import MMA_THRESHOLDS
 from keynet.eval.run import evaluate_pair
 from keynet.io.image import load_image
@@ -25,7 +25,7 @@ from keynet.paths import shared_data_dir
 
 
 def end_to_end(name: str, num_keypoints: int):
-    impl = cv2.SIFT_create(nfeatures=num_keypoints) if name == "sift" else cv2.AKAZE_create()
+    impl = cv2.SIFT_create(nfeatures=num_keypoints) if name == "sift" else _cv_factory("AKAZE_create")()
 
     def run(image: np.ndarray) -> Features:
         kps, desc = impl.detectAndCompute(to_uint8(image), None)

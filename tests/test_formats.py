@@ -73,6 +73,16 @@ def test_hloc_h5_read_as_hloc_does(tmp_path: Path, feats: dict[str, torch.Tensor
             np.testing.assert_array_equal(grp["scales"][()], feats["scales"].numpy())
 
 
+def test_hloc_h5_image_without_keypoints(tmp_path: Path) -> None:
+    blank = Extractor(model="tiny").extract(np.full((120, 160), 0.5, np.float32))
+    assert len(blank["keypoints"]) == 0 and blank["descriptors"].shape == (0, 128)
+    with FeatureFile(tmp_path / "features.h5") as f:
+        f.write("blank.png", blank)
+        assert "blank.png" in f
+    with h5py.File(tmp_path / "features.h5", "r") as fd:
+        assert fd["blank.png/keypoints"].shape == (0, 2) and fd["blank.png/descriptors"].shape == (128, 0)
+
+
 def test_hloc_h5_partial_group_is_not_an_image(tmp_path: Path, feats: dict[str, torch.Tensor]) -> None:
     path = tmp_path / "features.h5"
     with FeatureFile(path) as f:

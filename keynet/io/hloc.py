@@ -99,10 +99,13 @@ class FeatureFile:
         if missing:
             raise ValueError(f"features of {name} lack {missing}")
         n = len(arrays["keypoints"])
+        desc = arrays["descriptors"]
+        if desc.ndim != 2 or len(desc) != n:
+            raise ValueError(f"descriptors of {name} must be (N, D) with N = {n}, got {desc.shape}")
         data = {
             "keypoints": arrays["keypoints"].astype(np.float32).reshape(n, 2),
             "scores": arrays["scores"].astype(np.float32).reshape(n),
-            "descriptors": np.ascontiguousarray(arrays["descriptors"].astype(np.float32).reshape(n, -1).T),
+            "descriptors": np.ascontiguousarray(desc.astype(np.float32).T),
             "image_size": np.rint(arrays["image_size"]).astype(np.int64).reshape(2),
         }
         for k in ("scales", "orientations"):

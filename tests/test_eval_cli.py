@@ -87,3 +87,14 @@ def test_eval_with_hardtfeat_descriptor(pairs_file: Path, tmp_path: Path) -> Non
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["config"]["descriptor"] == "hardtfeat"
     assert res["results"]["gftt"]["pairs"]["pairs"][0]["matching_score"] == 1.0
+
+
+def test_eval_with_orientation(pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--data", str(pairs_file), "--detector", "sift", "--orientation", "gradient", "--descriptor", "rootsift",
+            "--num-keypoints", "300", "--out", str(tmp_path), "--quiet", "--no-plots"]
+    assert _run(argv) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["config"]["orientation"] == "gradient" and "--orientation gradient" in res["config"]["command"]
+    assert res["results"]["sift"]["pairs"]["pairs"][0]["matching_score"] > 0.9  # identity pair: matches itself
+    assert _run(argv[:4] + ["--orientation", "sideways", "--out", str(tmp_path / "x")]) == 1
+    assert "unknown orientation" in capsys.readouterr().err

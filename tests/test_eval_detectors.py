@@ -10,14 +10,8 @@ import pytest
 import torch
 
 from keynet.eval import protocols as P
-from keynet.eval.detectors import (
-    RADIUS_PER_OPENCV_SIZE,
-    KeyNetEval,
-    SIFTDescriptor,
-    _sift_octave_layer,
-    make_detector,
-    to_uint8,
-)
+from keynet.eval.detectors import RADIUS_PER_OPENCV_SIZE, KeyNetEval, make_detector, to_uint8
+from keynet.features.descriptors import SIFTDescriptor, sift_octave_layer
 from keynet.io.image import load_image
 
 
@@ -98,7 +92,7 @@ def test_corners_without_scale_get_orbs_patch(name: str, crop: np.ndarray) -> No
 def test_sift_octave_layer() -> None:
     # size = 2 * 1.6 * 2^(octave + layer / 3), layers 1..3 preferred, octave >= -1.
     sizes = 3.2 * 2.0 ** np.array([0.0, 1.0, 1 / 3, 2.0 + 2 / 3, -1.0, -5.0])
-    octave, layer = _sift_octave_layer(sizes)
+    octave, layer = sift_octave_layer(sizes)
     # 3.2 -> octave -1 layer 3 (not octave 0 layer 0); anything finer than octave -1 layer 1 clamps.
     assert octave.tolist() == [-1, 0, 0, 2, -1, -1] and layer.tolist() == [3, 3, 1, 2, 1, 1]
 
@@ -167,7 +161,7 @@ def test_hardtfeat_descriptor_matches_affnet_architecture(data_dir: Path, crop: 
     x = torch.tanh(F.conv2d(F.max_pool2d(x, 2), w["features.3.weight"], w["features.3.bias"]))
     x = torch.tanh(F.conv2d(x, w["classifier.1.weight"], w["classifier.1.bias"])).flatten(1)
     with torch.inference_mode():
-        ours = F.normalize(desc._net(patches), dim=1)
+        ours = F.normalize(desc.net(patches), dim=1)
     torch.testing.assert_close(ours, F.normalize(x, dim=1), atol=1e-5, rtol=1e-5)
 
     d = desc.compute(crop, np.array([[100.0, 120.0], [200.0, 60.0]]), np.array([22.0, 31.0]))

@@ -43,7 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--descriptor", default="sift",
         help="descriptor for the matching metrics, the same for every detector: sift (default, "
-        "upright OpenCV SIFT), hardtfeat (AffNet's HardTFeat weights in the shared data) or tfeat:PATH",
+        "OpenCV SIFT), rootsift, hardtfeat (AffNet's HardTFeat weights in the shared data), "
+        "ARCH:PATH with ARCH tfeat, hardnet, sosnet or hynet, or a weights file",
+    )  # fmt: skip
+    parser.add_argument(
+        "--orientation", default="upright",
+        help="angle each keypoint is described at, the same estimate for every detector: upright "
+        "(default), gradient (SIFT's dominant gradient) or orinet[:PATH] (AffNet's OriNet)",
     )  # fmt: skip
     parser.add_argument("--num-keypoints", type=int, default=DETECTION_BUDGET,
                         help="detection budget per image, applied before the protocols' common-area filter and "
@@ -66,6 +72,7 @@ def main(args: argparse.Namespace) -> int:
     from keynet.eval import protocols as P
     from keynet.eval.datasets import load_dataset
     from keynet.eval.detectors import RADIUS_PER_OPENCV_SIZE, make_descriptor, make_detector
+    from keynet.features.orientation import make_orientation
     from keynet.eval.report import markdown_report, plot_names, write_json, write_plots
     from keynet.eval.run import evaluate
     from keynet.io.files import write_atomic
@@ -78,6 +85,7 @@ def main(args: argparse.Namespace) -> int:
         datasets = [load_dataset(*_parse_data(d)) for d in args.data]
         detectors = [make_detector(s, args.num_keypoints) for s in args.detector]
         descriptor = make_descriptor(args.descriptor)
+        orientation = make_orientation(args.orientation)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise CLIError(str(e)) from None
     names = [d.name for d in datasets]
@@ -93,12 +101,14 @@ def main(args: argparse.Namespace) -> int:
     inputs = [p for ds in datasets for pair in ds.pairs for p in (pair.image_a, pair.image_b)]
     guard_outputs([out / name for name in written], inputs, args.overwrite)
 
-    results = evaluate(detectors, datasets, descriptor, args.top_k, args.mma_top_k, progress=not args.quiet)
+    results = evaluate(detectors, datasets, descriptor, args.top_k, args.mma_top_k, progress=not args.quiet,
+                       orientation=orientation)
     config = {
         "command": "keynet eval " + " ".join(shlex.quote(a) for a in _argv_of(args)),
         "datasets": {ds.name: {"layout": ds.layout, "pairs": len(ds.pairs), "missing": ds.missing} for ds in datasets},
         "detectors": [d.name for d in detectors],
         "descriptor": args.descriptor,
+        "orientation": args.orientation,
         "radius_per_opencv_size": RADIUS_PER_OPENCV_SIZE,
         "num_keypoints": args.num_keypoints,
         "top_k": args.top_k,
@@ -123,7 +133,7 @@ def _argv_of(args: argparse.Namespace) -> Iterable[str]:
         yield from ("--data", d)
     for d in args.detector:
         yield from ("--detector", d)
-    yield from ("--out", str(args.out), "--descriptor", args.descriptor)
+    yield from ("--out", str(args.out), "--descriptor", args.descriptor, "--orientation", args.orientation)
     yield from ("--num-keypoints", str(args.num_keypoints), "--top-k", str(args.top_k))
     yield from ("--mma-top-k", str(args.mma_top_k), "--threads", str(args.threads))
 

@@ -99,7 +99,7 @@ def markdown_report(config: dict[str, Any], results: dict[str, dict[str, dict[st
         "",
         "Percentages. Rep L / Rep SL: Key.Net HSequences repeatability (common area, top "
         f"{config['top_k']} keypoints, circle IoU >= 0.6); MS: its matching score (mutual NN of "
-        f"{config['descriptor']} descriptors, < 5 px); MMA@t: D2-Net mean matching accuracy (top "
+        f"{config['descriptor']} descriptors at {config.get('orientation', 'upright')} orientation, < 5 px); MMA@t: D2-Net mean matching accuracy (top "
         f"{config['mma_top_k']}, <= t px); MHA@3 / AUC@3: RANSAC homography corner error <= 3 px and its "
         "AUC. #kp: keypoints kept for repeatability (mean of both images); #matches: mutual NN "
         "matches of the D2-Net protocol. Means over image pairs.",

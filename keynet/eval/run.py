@@ -19,14 +19,19 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .datasets import Dataset
-    from .detectors import Detector, Features, SIFTDescriptor, TFeatDescriptor
+    from keynet.features.descriptors import Descriptor
+    from keynet.features.orientation import Orientation
+
+    from .detectors import Detector, Features
 
 
 class FeatureCache:
-    """Detections with descriptors per ``(detector name, image path)``, within one run."""
+    """Detections with descriptors per ``(detector name, image path)``, within one run; each keypoint
+    described at the angle of ``orientation`` (upright when None; one angle per keypoint)."""
 
-    def __init__(self, descriptor: "SIFTDescriptor | TFeatDescriptor") -> None:
+    def __init__(self, descriptor: "Descriptor", orientation: "Orientation | None" = None) -> None:
         self.descriptor = descriptor
+        self.orientation = orientation
         self._store: dict[tuple[str, Path], tuple["Features", tuple[int, int]]] = {}
 
     def get(self, detector: "Detector", path: Path) -> tuple["Features", tuple[int, int]]:
@@ -37,7 +42,12 @@ class FeatureCache:
 
             image = load_image(path)
             feats = detector.detect(image)
-            feats.descriptors = self.descriptor.compute(image, feats.keypoints, feats.scales)
+            angles = None
+            if self.orientation is not None:
+                angles, index = self.orientation.compute(image, feats.keypoints, feats.scales)
+                if len(index) != len(feats):
+                    raise ValueError("the evaluation takes one orientation per keypoint")
+            feats.descriptors = self.descriptor.compute(image, feats.keypoints, feats.scales, angles)
             self._store[key] = (feats, image.shape[:2])
         return self._store[key]
 
@@ -93,17 +103,19 @@ def evaluate_pair(
 def evaluate(
     detectors: list["Detector"],
     datasets: list["Dataset"],
-    descriptor: "SIFTDescriptor | TFeatDescriptor",
+    descriptor: "Descriptor",
     top_k: int = 1000,
     mma_top_k: int = 2000,
     progress: bool = True,
+    orientation: "Orientation | None" = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """``results[detector name][dataset name] = {"mean": ..., "pairs": [...]}`` (see ``report``)."""
+    """``results[detector name][dataset name] = {"mean": ..., "pairs": [...]}`` (see ``report``);
+    keypoints are described at ``orientation``'s angle (upright when None)."""
     from tqdm import tqdm
 
     from .report import summarize
 
-    cache = FeatureCache(descriptor)
+    cache = FeatureCache(descriptor, orientation)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     total = len(detectors) * sum(len(d.pairs) for d in datasets)
     with tqdm(total=total, desc="eval", unit="pair", disable=not progress, file=sys.stderr) as bar:

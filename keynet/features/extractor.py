@@ -1,0 +1,107 @@
+"""``Extractor``: Key.Net keypoints, an orientation per keypoint and a descriptor, in one call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from keynet.detector import ImageInput, KeyNetDetector
+from keynet.io.image import load_image, to_float_gray
+
+from .descriptors import Descriptor, make_descriptor
+from .orientation import Orientation, make_orientation
+
+
+class Extractor:
+    """Key.Net local features: detection, orientation, description (conventions: ``keynet.features``).
+
+    Args:
+        detector: a ready ``KeyNetDetector``; None builds one from ``model``, ``weights``,
+            ``num_keypoints``, ``device`` and any other ``KeyNetDetector`` option in ``conf``.
+        **conf: overrides of ``default_conf``; ``descriptor`` and ``orientation`` take a spec string
+            (``make_descriptor``, ``make_orientation``) or an object of the ``Descriptor`` /
+            ``Orientation`` protocol, e.g. a descriptor of one's own.
+
+    Example:
+        >>> ext = Extractor(descriptor="sift", orientation="gradient", num_keypoints=2048)
+        >>> feats = ext.extract("photo.jpg")
+        >>> feats["keypoints"].shape, feats["descriptors"].shape  # (N, 2), (N, 128)
+    """
+
+    default_conf: dict[str, Any] = {
+        "descriptor": "sift",  # sift, rootsift, hardtfeat, ARCH:PATH, a weights file, or a Descriptor
+        "orientation": "gradient",  # upright, gradient, orinet[:PATH], or an Orientation
+        "multiple_orientations": False,  # gradient: a keypoint again for each secondary peak
+        "num_keypoints": 2048,
+        "model": "keynet",  # or "tiny"
+        "weights": None,  # a Key.Net weights file instead of the shipped ones
+        "device": "cpu",
+    }
+
+    def __init__(self, detector: KeyNetDetector | None = None, **conf: Any) -> None:
+        own = {k: v for k, v in conf.items() if k in self.default_conf}
+        detector_conf = {k: v for k, v in conf.items() if k not in self.default_conf}
+        self.conf = c = {**self.default_conf, **own}
+        if detector is None:
+            detector = KeyNetDetector(weights=c["weights"], model=c["model"], device=c["device"],
+                                      num_keypoints=c["num_keypoints"], **detector_conf)
+        elif detector_conf or {"weights", "model", "num_keypoints"} & set(own):
+            raise TypeError("give detector options to the detector you pass, not to the Extractor")
+        self.detector = detector
+        self.orientation: Orientation = (
+            make_orientation(c["orientation"], c["device"], c["multiple_orientations"])
+            if isinstance(c["orientation"], str) else c["orientation"]
+        )  # fmt: skip
+        self.descriptor: Descriptor = (
+            make_descriptor(c["descriptor"], c["device"]) if isinstance(c["descriptor"], str) else c["descriptor"]
+        )
+
+    def extract(self, image: ImageInput, return_lafs: bool = False):
+        """Local features of an image (or of each image of a batch).
+
+        Args:
+            image: what ``KeyNetDetector.detect`` takes: a path, an (H, W) or (H, W, 3|4) numpy array,
+                or a float tensor in [0, 1] of shape (H, W), (1, H, W) or (B, 1, H, W) (a batch).
+            return_lafs: also return ``lafs`` (N, 2, 3), kornia LAFs with the orientation.
+
+        Returns:
+            For a (B, 1, H, W) tensor a list of B dicts, else one dict, of float32 CPU tensors:
+            ``keypoints`` (N, 2) (x, y), ``scales`` (N,) radii, ``orientations`` (N,) degrees,
+            ``scores`` (N,) by decreasing score, ``descriptors`` (N, D), ``image_size`` (2,) as (W, H).
+            With ``multiple_orientations`` a keypoint repeats once per extra angle, next to its first.
+        """
+        if isinstance(image, (str, Path)):
+            image = load_image(image)
+        elif isinstance(image, np.ndarray):
+            image = to_float_gray(image)
+        detections = self.detector.detect(image)  # checks a tensor image
+        if isinstance(image, torch.Tensor):
+            batch = image.detach().float().cpu().reshape(-1, *image.shape[-2:]).numpy()
+        else:
+            batch = image[None]
+        results = [self._describe(img, det, return_lafs)
+                   for img, det in zip(batch, detections if isinstance(detections, list) else [detections])]
+        return results if isinstance(detections, list) else results[0]
+
+    def _describe(self, image: np.ndarray, det: dict[str, torch.Tensor], return_lafs: bool) -> dict[str, torch.Tensor]:
+        from .lafs import features_to_lafs
+
+        kps, scales = det["keypoints"].cpu().numpy(), det["scales"].cpu().numpy()
+        angles, index = self.orientation.compute(image, kps, scales)
+        kps, scales = kps[index], scales[index]
+        desc = self.descriptor.compute(image, kps, scales, angles)
+        h, w = image.shape
+        out = {
+            "keypoints": torch.from_numpy(kps),
+            "scales": torch.from_numpy(scales),
+            "orientations": torch.from_numpy(angles),
+            "scores": det["scores"].cpu()[torch.from_numpy(index)],
+            "descriptors": torch.from_numpy(np.ascontiguousarray(desc, np.float32)),
+            "image_size": torch.tensor([w, h], dtype=torch.float32),
+        }
+        if return_lafs:
+            out["lafs"] = features_to_lafs(kps, scales, angles)
+        return out

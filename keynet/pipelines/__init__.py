@@ -1,0 +1,1 @@
+"""End-to-end jobs over folders of images (what the ``keynet`` commands run)."""

@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 
 from keynet.eval.datasets import load_dataset
-from keynet.eval.detectors import RADIUS_PER_OPENCV_SIZE, Features, _cv_factory, to_uint8
+from keynet.eval.detectors import Features, _cv_factory
+from keynet.features.descriptors import RADIUS_PER_OPENCV_SIZE, to_uint8
 from keynet.eval.report import MMA_THRESHOLDS
 from keynet.eval.run import evaluate_pair
 from keynet.io.image import load_image

@@ -27,7 +27,7 @@ from keynet import Extractor
 from keynet.features.descriptors import to_uint8
 from keynet.io.image import load_image
 from keynet.paths import shared_data_dir
-from speed import cpu_name  # benchmarks/ is on sys.path
+from keynet.native import cpu_description
 
 SEQUENCES = ("bark", "bikes", "boat", "graf", "leuven", "trees", "ubc", "wall")
 
@@ -111,7 +111,7 @@ def main() -> None:
     ms = {name: statistics.median(v) for name, v in rounds.items()}
 
     sizes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images})
-    print(f"CPU: {cpu_name()}, {args.threads} threads; torch {torch.__version__}, OpenCV {cv2.__version__}")
+    print(f"CPU: {cpu_description()}, {args.threads} threads; torch {torch.__version__}, OpenCV {cv2.__version__}")
     print(f"{len(images)} Oxford img1 images ({', '.join(sizes)}), {n} keypoints; "
           f"median of {args.repeats} rounds ({args.kornia_repeats} for kornia)\n")
     kornia, sift = ms["kornia KeyNetAffNetHardNet"], ms["OpenCV SIFT detect+compute"]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from keynet.eval import protocols as P
-from keynet.eval.detectors import RADIUS_PER_OPENCV_SIZE, KeyNetEval, make_detector, to_uint8
+from keynet.eval.detectors import KeyNetEval, make_detector
+from keynet.features.descriptors import RADIUS_PER_OPENCV_SIZE, to_uint8
 from keynet.features.descriptors import SIFTDescriptor, sift_octave_layer
 from keynet.io.image import load_image
 
@@ -150,7 +151,7 @@ def test_hardtfeat_descriptor_matches_affnet_architecture(data_dir: Path, crop: 
     # InstanceNorm): conv7 - tanh - maxpool2 - conv6 - tanh - conv8 - tanh - L2 normalisation.
     import torch.nn.functional as F
 
-    from keynet.eval.detectors import make_descriptor
+    from keynet.features.descriptors import make_descriptor
     from keynet.weights import load_state_dict_file
 
     desc = make_descriptor("hardtfeat")

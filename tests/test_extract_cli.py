@@ -12,7 +12,6 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
-import pytest
 
 from keynet.cli import main
 

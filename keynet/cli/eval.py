@@ -71,7 +71,8 @@ def main(args: argparse.Namespace) -> int:
 
     from keynet.eval import protocols as P
     from keynet.eval.datasets import load_dataset
-    from keynet.eval.detectors import RADIUS_PER_OPENCV_SIZE, make_descriptor, make_detector
+    from keynet.eval.detectors import make_detector
+    from keynet.features.descriptors import RADIUS_PER_OPENCV_SIZE, make_descriptor
     from keynet.features.orientation import make_orientation
     from keynet.eval.report import markdown_report, plot_names, write_json, write_plots
     from keynet.eval.run import evaluate

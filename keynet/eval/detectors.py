@@ -1,4 +1,4 @@
-"""Detectors under evaluation and the common descriptor used for the matching metrics.
+"""Detectors under evaluation: OpenCV's, Key.Net (keynet's and the reference weights) and kornia's.
 
 Every detector maps an ``(H, W)`` float32 grayscale image in ``[0, 1]`` to ``Features``: keypoints
 ``(N, 2)`` as ``(x, y)`` (x right, y down, pixel centres at integer coordinates), ``scales`` ``(N,)``
@@ -43,9 +43,8 @@ import cv2
 import numpy as np
 import torch
 
-RADIUS_PER_OPENCV_SIZE = 3.0
-_SIFT_SIGMA = 1.6  # OpenCV SIFT's base sigma: KeyPoint.size = 2 * 1.6 * 2^(octave + layer / 3)
-_SIFT_LAYERS = 3
+from keynet.features.descriptors import to_uint8
+
 
 
 @dataclass
@@ -71,11 +70,6 @@ class Detector(Protocol):
     name: str
 
     def detect(self, image: np.ndarray) -> Features: ...
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """``(H, W)`` float image in ``[0, 1]`` as uint8 (exact for images read from 8-bit files)."""
-    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
 def _sorted_features(kps: np.ndarray, scales: np.ndarray, scores: np.ndarray, limit: int) -> Features:
@@ -226,10 +220,3 @@ def make_detector(spec: str, num_keypoints: int = 2048) -> Detector:
         return KorniaKeyNet(spec, path or reference_weights_path(), num_keypoints)
     known = sorted(_OPENCV_DETECTORS) + ["keynet[:PATH]", "keynet-ref", "kornia-keynet[:PATH]"]
     raise ValueError(f"unknown detector spec {spec!r}; known: {', '.join(known)}")
-
-
-# -------------------------------------------------------------------------------------- descriptor
-
-# The descriptors (and their spec strings) live in keynet.features.descriptors; the evaluation
-# describes every detector's keypoints with the same one, at the orientation chosen by `keynet eval`.
-from keynet.features.descriptors import Descriptor, PatchDescriptor, SIFTDescriptor, make_descriptor  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""Multi-step pipelines behind the ``keynet`` commands (features, matches, COLMAP models)."""

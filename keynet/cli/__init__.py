@@ -18,7 +18,7 @@ import sys
 
 from .common import CLIError
 
-SUBCOMMANDS = ("detect", "export", "train", "eval")
+SUBCOMMANDS = ("detect", "export", "train", "eval", "match", "colmap", "sfm")
 
 
 def build_parser() -> argparse.ArgumentParser:

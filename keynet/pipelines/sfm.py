@@ -12,7 +12,7 @@ image and EXIF or known intrinsics remain valid.
 
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -53,6 +53,7 @@ def resize_for_extraction(image: np.ndarray, max_size: int) -> tuple[np.ndarray,
         return image, 1.0, 1.0
     scale = max_size / max(h, w)
     small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    np.clip(small, 0.0, 1.0, out=small)  # area interpolation may overshoot 1 by rounding
     return small, w / small.shape[1], h / small.shape[0]
 
 
@@ -105,8 +106,14 @@ def extract_folder(image_dir: str | Path, names: Sequence[str], features_path: s
     todo = [n for n in names if n not in done]
     if not todo:
         return 0
+    settings = json.dumps({k: conf[k] for k in ("max_size", "num_keypoints", "descriptor")}, sort_keys=True)
     extract = make_extract_fn(conf)
     with h5py.File(features_path, "a") as f:
+        stored = f.attrs.get("keynet_settings")
+        if (stored is None and done) or (stored is not None and stored != settings):
+            raise ValueError(f"{features_path} holds features made with other settings ({stored or 'not recorded'}); "
+                             "choose another output folder or delete the file")
+        f.attrs["keynet_settings"] = settings
         for name in tqdm(todo, desc="extract", unit="image", disable=not progress):
             image = load_image(Path(image_dir) / name)
             small, sx, sy = resize_for_extraction(image, conf["max_size"])

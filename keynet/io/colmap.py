@@ -83,7 +83,8 @@ def create_database(database: str | Path, image_dir: str | Path, names: Sequence
         ids = {image.name: image.image_id for image in db.read_all_images()}
     missing = [n for n in names if n not in ids]
     if missing:
-        raise ValueError(f"COLMAP could not import {len(missing)} image(s), e.g. {missing[0]} (unreadable?)")
+        why = "unreadable" if mode == pycolmap.CameraMode.PER_IMAGE else "unreadable, or a size other than the shared camera's"
+        raise ValueError(f"COLMAP could not import {len(missing)} image(s), e.g. {missing[0]} ({why})")
     if camera_params is not None:  # a known calibration is not a prior to refine
         with pycolmap.Database.open(database) as db:
             for camera in db.read_all_cameras():

@@ -32,7 +32,7 @@ default_conf: dict[str, Any] = {
     "num_keypoints": 4096,
     "descriptor": "rootsift",
     "matcher": "smnn",
-    "ratio": 0.85,
+    "ratio": 0.9,
     "pairs": "exhaustive",  # exhaustive, sequential:K, or a pairs file
     "camera_mode": "per-image",  # or single
     "camera_model": "SIMPLE_RADIAL",

@@ -191,3 +191,23 @@ def test_match_two_images_cli(tmp_path, data_dir, capsys):
     assert "F inliers" in line and int(line.split("F inliers ")[1].split()[0]) >= 30
     assert cv2.imread(str(viz)) is not None
     assert main(["match", str(images[0]), str(images[1]), "--viz", str(viz)]) == 1  # exists: needs --overwrite
+
+
+def test_pose_evaluation_helpers(tmp_path, data_dir):
+    from keynet.eval.pose import pose_auc, pose_error, read_pose_pairs, read_strecha_camera, strecha_pairs
+
+    assert pose_auc([2.5]) == [0.75, 0.875, 0.9375]  # recall rises linearly to 1 at 2.5 degrees
+    assert pose_auc([0.0, 180.0]) == [0.5, 0.5, 0.5]
+    cams = data_dir / "multiview" / "strecha_fountain_p11" / "gt_dense_cameras"
+    pair = strecha_pairs(cams, ["0000.jpg", "0003.jpg"])[0]
+    _, R0, C0 = read_strecha_camera(cams / "0000.jpg.camera")
+    _, R1, C1 = read_strecha_camera(cams / "0003.jpg.camera")
+    X = np.array([0.5, -1.0, 3.0])
+    np.testing.assert_allclose(pair.R @ (R0.T @ (X - C0)) + pair.t, R1.T @ (X - C1), atol=1e-4)  # GT R orthonormal to 1e-6
+    assert pose_error(pair.R, 2 * pair.t, pair.R, pair.t) < 1e-6 and pose_error(None, None, pair.R, pair.t) == 180
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = pair.R, pair.t
+    line = " ".join(["a.jpg", "b.jpg", "0", "0", *map(str, pair.K0.ravel()), *map(str, pair.K1.ravel()), *map(str, T.ravel())])
+    (tmp_path / "p.txt").write_text(line + "\n")
+    (read,) = read_pose_pairs(tmp_path / "p.txt")
+    np.testing.assert_allclose(read.R, pair.R) and np.testing.assert_allclose(read.t, pair.t)

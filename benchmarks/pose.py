@@ -17,7 +17,7 @@ import time
 import cv2
 import numpy as np
 
-from keynet.eval.detectors import to_uint8
+from keynet.eval.detectors import _cv_factory, to_uint8
 from keynet.eval.pose import pose_auc, pose_error, strecha_pairs
 from keynet.io.image import load_image
 from keynet.matching.geometry import estimate_essential, recover_pose
@@ -32,7 +32,7 @@ def root(desc: np.ndarray) -> np.ndarray:
 
 def opencv_fn(kind: str, n: int):
     impl = {"sift": lambda: cv2.SIFT_create(nfeatures=n), "rootsift": lambda: cv2.SIFT_create(nfeatures=n),
-            "akaze": lambda: cv2.AKAZE_create(threshold=1e-4)}[kind]()
+            "akaze": lambda: _cv_factory("AKAZE_create")(threshold=1e-4)}[kind]()
 
     def extract(image):
         kps, desc = impl.detectAndCompute(to_uint8(image), None)

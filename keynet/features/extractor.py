@@ -39,6 +39,7 @@ class Extractor:
         "model": "keynet",  # or "tiny"
         "weights": None,  # a Key.Net weights file instead of the shipped ones
         "device": "cpu",
+        "resize": None,  # longer side, px: larger images are extracted shrunk, keypoints mapped back
     }
 
     def __init__(self, detector: KeyNetDetector | None = None, **conf: Any) -> None:
@@ -77,6 +78,8 @@ class Extractor:
             image = load_image(image)
         elif isinstance(image, np.ndarray):
             image = to_float_gray(image)
+        if self.conf["resize"] and isinstance(image, np.ndarray) and max(image.shape) > self.conf["resize"]:
+            return self._extract_resized(image, return_lafs)
         detections = self.detector.detect(image)  # checks a tensor image
         if isinstance(image, torch.Tensor):
             batch = image.detach().float().cpu().reshape(-1, *image.shape[-2:]).numpy()
@@ -85,6 +88,20 @@ class Extractor:
         results = [self._describe(img, det, return_lafs)
                    for img, det in zip(batch, detections if isinstance(detections, list) else [detections])]
         return results if isinstance(detections, list) else results[0]
+
+    def _extract_resized(self, image: np.ndarray, return_lafs: bool) -> dict[str, torch.Tensor]:
+        """Features of ``image`` shrunk to ``resize`` px on its longer side, in the original image's
+        pixels (``to_original_pixels``); scales grow by the mean factor; ``image_size`` is the original's."""
+        small, sx, sy = resize_for_extraction(image, self.conf["resize"])
+        out = self._describe(small, self.detector.detect(small), False)
+        out["keypoints"] = torch.from_numpy(to_original_pixels(out["keypoints"].numpy(), sx, sy).astype(np.float32))
+        out["scales"] = out["scales"] * (0.5 * (sx + sy))
+        out["image_size"] = torch.tensor([image.shape[1], image.shape[0]], dtype=torch.float32)
+        if return_lafs:
+            from .lafs import features_to_lafs
+
+            out["lafs"] = features_to_lafs(out["keypoints"].numpy(), out["scales"].numpy(), out["orientations"].numpy())
+        return out
 
     def _describe(self, image: np.ndarray, det: dict[str, torch.Tensor], return_lafs: bool) -> dict[str, torch.Tensor]:
         from .lafs import features_to_lafs
@@ -105,3 +122,23 @@ class Extractor:
         if return_lafs:
             out["lafs"] = features_to_lafs(kps, scales, angles)
         return out
+
+
+def resize_for_extraction(image: np.ndarray, max_size: int | None) -> tuple[np.ndarray, float, float]:
+    """``image`` (H, W) shrunk (area interpolation) so that its longer side is at most ``max_size``
+    (None or 0: as is), and the factors (sx, sy) from the small image's pixels to the original's."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if not max_size or max(h, w) <= max_size:
+        return image, 1.0, 1.0
+    scale = max_size / max(h, w)
+    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    np.clip(small, 0.0, 1.0, out=small)  # area interpolation may overshoot 1 by rounding
+    return small, w / small.shape[1], h / small.shape[0]
+
+
+def to_original_pixels(keypoints: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """(N, 2) (x, y) keypoints of a resized image in the original's pixels, pixel centres at integers:
+    pixel edges map to pixel edges, ``x = (x' + 0.5) sx - 0.5``."""
+    return (np.asarray(keypoints, np.float64) + 0.5) * np.array([sx, sy]) - 0.5

@@ -1,1 +1,1 @@
-"""End-to-end jobs over folders of images (what the ``keynet`` commands run)."""
+"""End-to-end jobs over folders of images, behind the ``keynet`` commands: features, matches, COLMAP models."""

@@ -1,0 +1,99 @@
+"""Relative-pose AUC on the Strecha fountain's 15 pairs (known K, ground-truth cameras): features,
+mutual nearest neighbours passing the ratio test (kornia's match_smnn, 0.85), essential matrix
+with OpenCV's RANSAC at 1 px, cheirality, pose error = max(rotation, translation-direction angle).
+
+Methods: OpenCV SIFT, RootSIFT and AKAZE (each with its own keypoints and descriptor) and Key.Net
+keypoints with upright SIFT and RootSIFT descriptors. Images are processed at most ``--max-size``
+px on the longer side; keypoints are mapped back to the original pixels, where K holds.
+
+    python benchmarks/pose.py [--max-size 1600] [--num-keypoints 8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import cv2
+import numpy as np
+
+from keynet.eval.detectors import _cv_factory, to_uint8
+from keynet.eval.pose import pose_auc, pose_error, strecha_pairs
+from keynet.io.image import load_image
+from keynet.matching.geometry import estimate_essential, recover_pose
+from keynet.matching.matchers import Matcher, matches_to_pairs
+from keynet.paths import shared_data_dir
+from keynet.features import Extractor
+from keynet.features.extractor import resize_for_extraction, to_original_pixels
+
+
+def root(desc: np.ndarray) -> np.ndarray:
+    return np.sqrt(desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-12))
+
+
+def opencv_fn(kind: str, n: int):
+    impl = {"sift": lambda: cv2.SIFT_create(nfeatures=n), "rootsift": lambda: cv2.SIFT_create(nfeatures=n),
+            "akaze": lambda: _cv_factory("AKAZE_create")(threshold=1e-4)}[kind]()
+
+    def extract(image):
+        kps, desc = impl.detectAndCompute(to_uint8(image), None)
+        order = np.argsort([-k.response for k in kps], kind="stable")[:n]
+        xy = np.array([kps[i].pt for i in order]).reshape(-1, 2)
+        desc = desc[order]
+        if kind == "akaze":
+            desc = np.unpackbits(desc, axis=1).astype(np.float32)  # L2 on bits = sqrt(Hamming)
+        elif kind == "rootsift":
+            desc = root(desc.astype(np.float32))
+        return {"keypoints": xy, "descriptors": desc.astype(np.float32)}
+
+    return extract
+
+
+def keynet_fn(descriptor: str, num_keypoints: int):
+    """Upright Key.Net features of an (H, W) image as numpy arrays."""
+    extractor = Extractor(descriptor=descriptor, orientation="upright", num_keypoints=num_keypoints)
+    return lambda image: {k: v.numpy() for k, v in extractor.extract(image).items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--max-size", type=int, default=1600)
+    p.add_argument("--num-keypoints", type=int, default=8192)
+    p.add_argument("--ratio", type=float, default=0.85)
+    args = p.parse_args()
+    root_dir = shared_data_dir() / "multiview" / "strecha_fountain_p11"
+    names = [f"000{i}.jpg" for i in range(6)]
+    pairs = strecha_pairs(root_dir / "gt_dense_cameras", names)
+    images = {n: load_image(root_dir / "images" / n) for n in names}
+    methods = {
+        "OpenCV SIFT": opencv_fn("sift", args.num_keypoints),
+        "OpenCV RootSIFT": opencv_fn("rootsift", args.num_keypoints),
+        "OpenCV AKAZE": opencv_fn("akaze", args.num_keypoints),
+        "Key.Net + SIFT": keynet_fn("sift", args.num_keypoints),
+        "Key.Net + RootSIFT": keynet_fn("rootsift", args.num_keypoints),
+    }
+    matcher = Matcher("smnn", args.ratio)
+    print("| method | AUC@5 | AUC@10 | AUC@20 | matches (median) | inliers (median) | time (s) |\n|---|---|---|---|---|---|---|")
+    for label, extract in methods.items():
+        start = time.perf_counter()
+        feats = {}
+        for n, image in images.items():
+            small, sx, sy = resize_for_extraction(image, args.max_size)
+            f = extract(small)
+            feats[n] = (to_original_pixels(f["keypoints"], sx, sy), f["descriptors"])
+        errors, counts, inliers = [], [], []
+        for pair in pairs:
+            (kp0, d0), (kp1, d1) = feats[pair.name0], feats[pair.name1]
+            m = matches_to_pairs(matcher.match(d0, d1)[0])
+            g = estimate_essential(kp0[m[:, 0]], kp1[m[:, 1]], pair.K0, pair.K1, 1.0, 0.99999, method=cv2.RANSAC)
+            pose = recover_pose(g, kp0[m[:, 0]], kp1[m[:, 1]], pair.K0, pair.K1)
+            errors.append(pose_error(*(pose or (None, None)), pair.R, pair.t))
+            counts.append(len(m))
+            inliers.append(g.num_inliers)
+        auc = [100 * a for a in pose_auc(errors)]
+        print(f"| {label} | {auc[0]:.1f} | {auc[1]:.1f} | {auc[2]:.1f} | {np.median(counts):.0f} | "
+              f"{np.median(inliers):.0f} | {time.perf_counter() - start:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""From a folder of photos to a COLMAP model: extract, pair, match, database, verify, map.
+
+Files under the output folder (each step skips what an earlier run finished):
+``features.h5`` and ``matches.h5`` (hloc's layouts), ``pairs.txt``, ``database.db``, ``models/N``
+(every reconstruction COLMAP's incremental mapper returns), ``model`` (the largest, binary;
+``model_txt`` on request) and ``model.png`` (top view).
+
+Large photos are detected and described at most ``max_size`` px on the longer side (the Extractor's
+``resize``); keypoints are mapped back to the original pixels (centres at integer coordinates), so
+COLMAP sees the original image and EXIF or known intrinsics remain valid.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+from tqdm import tqdm
+
+from keynet.io.colmap import create_database, import_features, import_matches, quiet_colmap, verify_matches
+from keynet.matching.matchers import Matcher
+from keynet.matching.pairs import Pair, exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
+from keynet.pipelines.extract import ExtractReport, extract_to_h5
+from keynet.pipelines.match import match_pairs
+
+default_conf: dict[str, Any] = {
+    "max_size": 1600,  # longer side for extraction, px (0: original size)
+    "num_keypoints": 4096,
+    "orientation": "upright",  # photos of a collection are mostly upright: gradient if they turn
+    "descriptor": "rootsift",
+    "matcher": "smnn",
+    "ratio": 0.9,
+    "pairs": "exhaustive",  # exhaustive, sequential:K, or a pairs file
+    "camera_mode": "per-image",  # or single
+    "camera_model": "SIMPLE_RADIAL",
+    "camera_params": None,  # known intrinsics (COLMAP's order for camera_model), shared by all images
+    "min_model_size": 3,  # smallest reconstruction kept, images
+    "threads": None,
+}
+
+
+# ------------------------------------------------------------------------------------------ extract
+
+
+def extract_folder(image_dir: Path, names: Sequence[str], features_path: Path, conf: dict[str, Any],
+                   progress: bool = True) -> ExtractReport:
+    """Features of images ``names`` (relative to ``image_dir``) into an hloc features.h5, skipping
+    those already there (``keynet.pipelines.extract``), at most ``max_size`` px on the longer side."""
+    from keynet.features import Extractor
+
+    keys = ("max_size", "num_keypoints", "orientation", "descriptor")
+    extractor = Extractor(descriptor=conf["descriptor"], orientation=conf["orientation"],
+                          num_keypoints=conf["num_keypoints"], resize=conf["max_size"] or None)
+    return extract_to_h5([image_dir / n for n in names], image_dir, features_path, extractor,
+                         {k: conf[k] for k in keys}, progress)
+
+
+# -------------------------------------------------------------------------------------------- pairs
+
+
+def make_pairs(names: Sequence[str], spec: str) -> list[Pair]:
+    """Pairs from ``exhaustive``, ``sequential:K`` (each image with the next K) or a pairs file path."""
+    if spec == "exhaustive":
+        return exhaustive_pairs(names)
+    if spec.startswith("sequential"):
+        _, _, k = spec.partition(":")
+        return sequential_pairs(names, int(k or 5))
+    if not Path(spec).is_file():
+        raise ValueError(f"pairs {spec!r}: use exhaustive, sequential:K or an existing pairs file")
+    return read_pairs(spec)
+
+
+# ---------------------------------------------------------------------------------------------- map
+
+
+def incremental_mapping(database: Path, image_dir: Path, models_dir: Path, conf: dict[str, Any], progress: bool = True):
+    """pycolmap's incremental mapper; returns its reconstructions, largest first."""
+    import pycolmap
+
+    options = pycolmap.IncrementalPipelineOptions()
+    options.min_model_size = conf["min_model_size"]
+    options.num_threads = conf["threads"] or -1
+    if conf["camera_params"] is not None:  # known calibration: keep it fixed
+        options.ba_refine_focal_length = False
+        options.ba_refine_extra_params = False
+        options.ba_refine_principal_point = False
+    # The mapper's callbacks fire on each registration attempt, so the bar counts attempts, not images.
+    bar = tqdm(desc="map", unit="attempt", disable=not progress)
+    with quiet_colmap():
+        models = pycolmap.incremental_mapping(database, image_dir, models_dir, options,
+                                              initial_image_pair_callback=lambda: bar.update(2),
+                                              next_image_callback=lambda: bar.update(1))
+    bar.close()
+    return sorted(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()), reverse=True)
+
+
+def model_stats(reconstruction) -> dict[str, float]:
+    """Registered images, 3D points, mean track length and mean reprojection error (px)."""
+    if reconstruction is None:
+        return {"registered": 0, "points": 0, "track_length": 0.0, "reprojection_error": float("nan")}
+    return {
+        "registered": reconstruction.num_reg_images(),
+        "points": reconstruction.num_points3D(),
+        "track_length": reconstruction.compute_mean_track_length(),
+        "reprojection_error": reconstruction.compute_mean_reprojection_error(),
+    }
+
+
+def run_sfm(image_dir: str | Path, names: Sequence[str], out_dir: str | Path, conf: dict[str, Any] | None = None,
+            write_text: bool = False, progress: bool = True) -> tuple[Any, dict[str, float]]:
+    """The whole pipeline (module docstring) into ``out_dir``; returns the largest model (or None) and its stats.
+
+    ``database.db`` and the models are made anew each run; features and matches are resumed.
+    """
+
+    from keynet.viz.sfm import draw_top_view
+
+    conf = {**default_conf, **(conf or {})}
+    image_dir, out = Path(image_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if conf["threads"]:
+        cv2.setNumThreads(conf["threads"])
+    features, matches, pairs_path = out / "features.h5", out / "matches.h5", out / "pairs.txt"
+    database = out / "database.db"
+    failed = extract_folder(image_dir, names, features, conf, progress).failed
+    for name, reason in failed:
+        print(f"keynet sfm: skipped {name}: {reason}", file=sys.stderr)
+    names = [n for n in names if n not in dict(failed)]
+    pairs = make_pairs(list(names), conf["pairs"])
+    write_pairs(pairs_path, pairs)
+    match_pairs(features, pairs, matches, Matcher(conf["matcher"], conf["ratio"]), progress)
+
+    for stale in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    ids = create_database(database, image_dir, names, conf["camera_mode"], conf["camera_model"], conf["camera_params"])
+    import_features(database, ids, features)
+    import_matches(database, ids, matches, pairs)
+    verify_matches(database, pairs_path)
+
+    models_dir = out / "models"
+    models_dir.mkdir(exist_ok=True)
+    models = incremental_mapping(database, image_dir, models_dir, conf, progress)
+    best = models[0] if models else None
+    if best is not None:
+        (out / "model").mkdir(exist_ok=True)
+        best.write_binary(str(out / "model"))
+        if write_text:
+            (out / "model_txt").mkdir(exist_ok=True)
+            best.write_text(str(out / "model_txt"))
+        cv2.imwrite(str(out / "model.png"), draw_top_view(best))
+    return best, model_stats(best)

@@ -18,7 +18,7 @@ import sys
 
 from .common import CLIError
 
-SUBCOMMANDS = ("detect", "extract", "export", "train", "eval")
+SUBCOMMANDS = ("detect", "extract", "merge", "export", "train", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,14 +81,7 @@ class FeatureFile:
 
     def names(self) -> list[str]:
         """Names of the images with features, sorted."""
-        found = []
-
-        def visit(name: str, obj: Any) -> None:
-            if not name.startswith(PARTIAL) and hasattr(obj, "keys") and "keypoints" in obj:
-                found.append(name)
-
-        self._file.visititems(visit)
-        return sorted(found)
+        return h5_items(self._file)
 
     def write(self, name: str, features: dict[str, Any]) -> None:
         """Store the features of image ``name`` (a relative path with '/'): a dict with ``keypoints``
@@ -115,14 +108,74 @@ class FeatureFile:
         for k, v in data.items():
             tmp.create_dataset(k, data=v)
         tmp["keypoints"].attrs["uncertainty"] = 1.0  # hloc's detection noise, pixels
+        self._move_into_place(tmp.name, name)
+
+    def _move_into_place(self, tmp: str, name: str) -> None:
         if name in self._file:
             del self._file[name]
         parent = name.rpartition("/")[0]
         if parent:
             self._file.require_group(parent)
-        self._file.move(tmp.name, name)
+        self._file.move(tmp, name)
         self._file.flush()
+
+    def copy_from(self, src: Any, name: str) -> None:
+        """Copy image ``name`` from another open h5 file ``src`` (as ``write`` stores it: into a
+        scratch group first, then moved to its name and flushed)."""
+        tmp = f"{PARTIAL}/{uuid.uuid4().hex}"
+        self._file.require_group(PARTIAL)
+        src.copy(src[name], self._file, name=tmp)
+        self._move_into_place(tmp, name)
+
+    def record_failures(self, failed: list[tuple[str, str]], written: list[str]) -> None:
+        """Keep the images that failed, with the reason, in the file's ``keynet_failures`` attribute
+        (a JSON object name -> reason; hloc's readers ignore attributes); images now written leave it."""
+        failures = self.failures()
+        for name in written:
+            failures.pop(name, None)
+        failures.update(dict(failed))
+        self._file.attrs["keynet_failures"] = json.dumps(failures, sort_keys=True)
+        self._file.flush()
+
+    def failures(self) -> dict[str, str]:
+        """Images that failed in the runs that wrote this file, and why (``record_failures``)."""
+        return json.loads(self._file.attrs.get("keynet_failures", "{}"))
 
     def read(self, name: str) -> dict[str, np.ndarray]:
         """The datasets of image ``name`` as stored (``descriptors`` is (D, N))."""
         return {k: v[()] for k, v in self._file[name].items()}
+
+
+def h5_items(source: Any) -> list[str]:
+    """The items of an hloc-layout h5 file (a path or an open file): the groups that hold datasets
+    (images in ``features.h5``, pairs in ``matches.h5``), sorted; keynet's scratch groups excluded."""
+    import h5py
+
+    if not isinstance(source, h5py.File):
+        with h5py.File(source, "r") as fd:
+            return h5_items(fd)
+    found: set[str] = set()
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and not name.startswith(PARTIAL):
+            found.add(obj.parent.name.strip("/"))
+
+    source.visititems(visit)
+    return sorted(found)
+
+
+def stored_settings(path: str | Path) -> str | None:
+    """The settings a keynet h5 file was made with (JSON text), or None if it records none."""
+    import h5py
+
+    with h5py.File(path, "r") as fd:
+        value = fd.attrs.get("keynet_settings")
+    return None if value is None else str(value)
+
+
+def copy_item(src: Any, name: str, dst: Any) -> None:
+    """Copy item ``name`` (a group of datasets) from the open h5 file ``src`` to ``dst``, at the same path."""
+    parent = name.rpartition("/")[0]
+    if parent:
+        dst.require_group(parent)
+    src.copy(src[name], dst, name=name)

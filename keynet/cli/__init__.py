@@ -18,7 +18,7 @@ import sys
 
 from .common import CLIError
 
-SUBCOMMANDS = ("detect", "extract", "match", "colmap", "sfm", "export", "train", "eval")
+SUBCOMMANDS = ("detect", "extract", "merge", "match", "colmap", "sfm", "export", "train", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from pathlib import Path
 from .common import (
     CLIError,
     add_model_options,
+    check_positive,
     add_run_options,
     apply_threads,
     collect_images,
@@ -36,10 +37,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="gradient: one more keypoint per secondary orientation peak (SIFT's rule)")
     add_model_options(p)
     add_run_options(p)
+    g = p.add_argument_group("beyond one process")
+    g.add_argument("--shard-index", type=int, default=0,
+                   help="with --num-shards: extract shard I of the sorted image list into OUT's shard file "
+                        "<stem>.shard-I-of-N.h5 (for job arrays; combine them with keynet merge)")
+    g.add_argument("--num-shards", type=int, default=1, help="number of shards (default: %(default)s)")
+    g.add_argument("--ray", action="store_true",
+                   help="extract on Ray Data (pip install 'keynet[ray]'): a local Ray, or the cluster at --ray-address")
+    g.add_argument("--ray-address", default=None, help="a running Ray cluster's address (default: start a local one)")
+    g.add_argument("--workers", type=int, default=2, help="with --ray: actors, each with the model loaded once "
+                                                          "(default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> int:
     from keynet.features import Extractor
+    from keynet.pipelines.distributed import shard_of, shard_path
     from keynet.pipelines.extract import extract_to_h5
 
     from .detect import make_detector
@@ -51,6 +63,14 @@ def main(args: argparse.Namespace) -> int:
     for msg in problems:
         print(f"keynet extract: {msg}", file=sys.stderr)
     out = output_file_parent(args.out, "--out")
+    if args.num_shards > 1 or args.shard_index:
+        try:
+            images = shard_of(images, args.shard_index, args.num_shards)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        out = shard_path(out, args.shard_index, args.num_shards)
+        print(f"keynet extract: shard {args.shard_index} of {args.num_shards}: {len(images)} image(s) into {out}",
+              file=sys.stderr)
     guard_outputs([out], images, overwrite=True)  # refuses an input; an existing file is resumed, not replaced
     if args.overwrite:
         out.unlink(missing_ok=True)
@@ -68,7 +88,10 @@ def main(args: argparse.Namespace) -> int:
         "descriptor": args.descriptor,
     }
     try:
-        report = extract_to_h5(images, args.folder, out, extractor, settings, progress=not args.quiet)
+        if args.ray:
+            report = _extract_on_ray(args, images, out, settings)
+        else:
+            report = extract_to_h5(images, args.folder, out, extractor, settings, progress=not args.quiet)
     except ValueError as e:  # settings differ from the file's
         raise CLIError(f"{e} (--overwrite)") from None
     for name, reason in report.failed:
@@ -77,3 +100,18 @@ def main(args: argparse.Namespace) -> int:
     print(f"keynet extract: {out}: {len(report.written)} image(s) written, {len(report.skipped)} already there"
           + (f", {failed} failed" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
+
+
+def _extract_on_ray(args: argparse.Namespace, images: list[Path], out: Path, settings: dict):
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise CLIError("--ray needs Ray: pip install 'keynet[ray]'")
+    from keynet.pipelines.distributed import extract_with_ray
+
+    check_positive(args.workers, "--workers")
+    conf = {"model": args.model, "weights": str(args.weights) if args.weights else None,
+            "num_keypoints": args.num_keypoints, "device": args.device, "descriptor": args.descriptor,
+            "orientation": args.orientation, "multiple_orientations": args.multiple_orientations}
+    return extract_with_ray(images, args.folder, out, conf, settings, workers=args.workers,
+                            threads_per_worker=args.threads or 1, address=args.ray_address)

@@ -59,4 +59,5 @@ def extract_to_h5(
                 continue
             h5.write(name, feats)
             report.written.append(name)
+        h5.record_failures(report.failed, report.written)
     return report

@@ -28,7 +28,9 @@ results of different settings; images that could not be read are kept there too
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -73,7 +75,9 @@ class _KeynetH5:
         if (stored is None and self.names()) or (stored is not None and stored != text):
             raise ValueError(f"{self.path} holds {self.kind} made with other settings ({stored or 'not recorded'}); "
                              "choose another file or overwrite it")
-        self._file.attrs["keynet_settings"] = text
+        if stored is None:  # a file is written only where something changes
+            self._ensure_space(len(text))
+            self._file.attrs["keynet_settings"] = text
 
     def __enter__(self):
         return self
@@ -88,9 +92,20 @@ class _KeynetH5:
         """The items' names (images, or pairs), sorted."""
         return h5_items(self._file)
 
+    def _ensure_space(self, nbytes: int) -> None:
+        """Refuse (``OSError`` ENOSPC) to write ``nbytes`` more unless the disk has room for twice that
+        and 1 MiB of HDF5 metadata. HDF5 updates a file in place: a write that fails half-way on a
+        full disk leaves a file that no reader opens, so keynet checks first and writes nothing."""
+        need = 2 * nbytes + (1 << 20)
+        free = shutil.disk_usage(self.path.resolve().parent).free
+        if free < need:
+            raise OSError(errno.ENOSPC, f"No space left on device ({free} bytes free, {need} needed for the next "
+                                        "item; the file is unchanged)", str(self.path))
+
     def _write_datasets(self, name: str, data: dict[str, np.ndarray], attrs: dict[str, dict] | None = None) -> None:
         """Write ``data`` (with each dataset's ``attrs``) into a scratch group, then move it to ``name``
         (replacing it) and flush."""
+        self._ensure_space(sum(v.nbytes for v in data.values()))
         tmp = self._file.require_group(PARTIAL).create_group(uuid.uuid4().hex)
         for k, v in data.items():
             tmp.create_dataset(k, data=v)
@@ -110,6 +125,7 @@ class _KeynetH5:
         """Copy item ``name`` from another open h5 file ``src``, as ``write`` stores one (into a scratch
         group first, then moved to its name and flushed)."""
         tmp = f"{PARTIAL}/{uuid.uuid4().hex}"
+        self._ensure_space(sum(obj.nbytes for obj in src[name].values() if hasattr(obj, "nbytes")))
         self._file.require_group(PARTIAL)
         src.copy(src[name], self._file, name=tmp)
         self._move_into_place(tmp, name)
@@ -121,8 +137,11 @@ class _KeynetH5:
         for name in written:
             failures.pop(name, None)
         failures.update(dict(failed))
-        self._file.attrs["keynet_failures"] = json.dumps(failures, sort_keys=True)
-        self._file.flush()
+        text = json.dumps(failures, sort_keys=True)
+        if text != self._file.attrs.get("keynet_failures", "{}"):
+            self._ensure_space(len(text))
+            self._file.attrs["keynet_failures"] = text
+            self._file.flush()
 
     def failures(self) -> dict[str, str]:
         """Inputs that failed in the runs that wrote this file, and why (``record_failures``)."""

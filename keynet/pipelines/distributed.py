@@ -155,8 +155,10 @@ def extract_with_ray(
                      include_dashboard=False, log_to_driver=False, configure_logging=False)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        ds = ray.data.read_binary_files([str(p) for p in todo_paths], include_paths=True,
-                                        ray_remote_args={"num_cpus": 0})  # reading takes no worker's core
+        # One block per file, so that the actors share the files. Reading takes no worker's core, and
+        # one read task at a time keeps up with the actors without starting a process per file.
+        ds = ray.data.read_binary_files([str(p) for p in todo_paths], include_paths=True, num_cpus=0,
+                                        concurrency=1, override_num_blocks=len(todo_paths))
         rows = ds.map_batches(
             _ExtractActor, batch_size=1, concurrency=workers, num_cpus=threads_per_worker,
             fn_constructor_kwargs={"extractor_conf": extractor_conf, "settings": settings, "root": str(root),

@@ -82,6 +82,21 @@ def keypoints_to_lafs(keypoints: torch.Tensor, scales: torch.Tensor) -> torch.Te
     return lafs
 
 
+def subpixel_offsets(score: torch.Tensor, v: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sub-pixel offsets (du, dv) of maxima at (v, u) of an (h, w) ``score``: the vertex of the
+    parabola through each maximum and its two neighbours, per axis (as SIFT and SuperPoint refine
+    theirs), clamped to half a pixel. Maxima at least one pixel from the edges (the border ensures it).
+    """
+    r = score.double()
+    c = r[v, u]
+    left, right, up, down = r[v, u - 1], r[v, u + 1], r[v - 1, u], r[v + 1, u]
+    # strict maxima make both second differences negative; a flat side gives a zero step
+    dxx, dyy = left - 2 * c + right, up - 2 * c + down
+    du = torch.where(dxx < 0, -(right - left) / (2 * dxx), torch.zeros_like(c)).clamp(-0.5, 0.5)
+    dv = torch.where(dyy < 0, -(down - up) / (2 * dyy), torch.zeros_like(c)).clamp(-0.5, 0.5)
+    return du, dv
+
+
 class LevelScorer:
     """Keypoints of one pyramid level: the network's response (in row bands when the level is
     large), strict maxima above the score threshold and outside the border, and their mapping from
@@ -181,8 +196,9 @@ class LevelScorer:
             inside = self.level_mask(mask, tuple(score.shape[-2:]), fx, fy)[0, 0, v, u]
             v, u = v[inside], u[inside]
         s = score[0, 0, v, u]
-        x = self.map(u.double(), fx)
-        y = self.map(v.double(), fy)
+        du, dv = subpixel_offsets(score[0, 0], v, u) if c["subpixel"] else (0.0, 0.0)
+        x = self.map(u.double() + du, fx)
+        y = self.map(v.double() + dv, fy)
         scale = torch.full_like(x, self.scale(fx, fy))
         return torch.stack([x, y, scale, s.double()], 1)
 
@@ -217,6 +233,7 @@ class KeyNetDetector(nn.Module):
         "compat": None,  # None, or "kornia" for kornia's level-to-image mapping
         "band_pixels": 2**22,  # larger levels run the network and the suppression in row bands (memory)
         "precision": "float32",  # or "bfloat16" for Key.Net's learned convolutions (see FastKeyNet)
+        "subpixel": False,  # refine positions to the response's parabola vertex (not in the paper)
     }
     def __init__(
         self,

@@ -123,6 +123,8 @@ def export_detector_onnx(det: KeyNetDetector, path: str | Path) -> Path:
     """Write ``det`` up to its top-k to ``path`` as ONNX (see the module docstring); returns the path."""
     import onnx
 
+    if det.conf["subpixel"]:
+        raise ValueError("the exported detection graph has no sub-pixel refinement: export a detector with subpixel=False")
     graph = _DetectionToTopK(det).eval()
     min_side = detector_min_side(det)
     example = torch.rand(1, 1, min_side + 17, min_side + 29)

@@ -242,3 +242,27 @@ def test_emulated_bfloat16_is_warned_about(monkeypatch, native):
         warnings.simplefilter("always")
         KeyNetDetector(precision="bfloat16")
     assert any("emulated" in str(w.message) for w in caught) == (not native)
+
+
+def test_subpixel_refinement_finds_a_peak_between_pixels():
+    # A Gaussian blob centred between pixels; the 'network' returns the image itself, so the only
+    # maximum is the blob's, and its parabola vertex lies within a few hundredths of a pixel of the centre.
+
+    h, w, (x0, y0), sigma = 64, 80, (40.3, 30.7), 3.0
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = torch.from_numpy(np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sigma**2)).astype(np.float32))[None, None]
+    opts = dict(network=Identity(), num_keypoints=1, up_levels=0, pyramid_levels=0)
+    plain = KeyNetDetector(**opts).detect(image)[0]["keypoints"][0]
+    refined = KeyNetDetector(**opts, subpixel=True).detect(image)[0]["keypoints"][0]
+    assert plain.tolist() == [40.0, 31.0]
+    assert abs(refined[0] - x0) < 0.05 and abs(refined[1] - y0) < 0.05
+
+
+def test_subpixel_offsets_by_hand():
+    from keynet.detector import subpixel_offsets
+
+    score = torch.zeros(5, 5)
+    score[2, 1:4] = torch.tensor([1.0, 3.0, 2.0])  # x: parabola through (-1, 1), (0, 3), (1, 2) peaks at +1/6
+    score[1:4, 2] = torch.tensor([2.0, 3.0, 2.0])  # y: symmetric, no offset
+    du, dv = subpixel_offsets(score, torch.tensor([2]), torch.tensor([2]))
+    assert du.item() == pytest.approx(1 / 6) and dv.item() == 0.0

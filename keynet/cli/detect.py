@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--up-levels", type=int, choices=[0, 1], default=None,
                    help="pyramid levels upsampled above full resolution (default 1); 0 is about 2x faster "
                         "and drops the keypoints below scale 22, which changes repeatability")
+    p.add_argument("--subpixel", action="store_true",
+                   help="refine positions to the response's parabola vertex (keynet extract's default; "
+                        "not in the paper)")
     p.add_argument("--viz", action="store_true",
                    help="also write <stem>.viz.png: the strongest keypoints as circles of their radius")
     p.add_argument("--viz-keypoints", type=int, default=200,
@@ -93,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
         stems[path.stem] = path
         unique.append(path)
     images = unique
-    detector = make_detector(args, compat=args.compat, **detector_speed_options(args))
+    detector = make_detector(args, compat=args.compat, subpixel=args.subpixel, **detector_speed_options(args))
     label = f"{'Tiny-Key.Net' if args.model == 'tiny' else 'Key.Net'} ({args.weights or 'shipped weights'})"
     out = output_dir(args.out)
     targets = {path: (out / f"{path.stem}.npz", out / f"{path.stem}.viz.png") for path in images}

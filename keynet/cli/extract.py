@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
     guard_outputs([out], images, overwrite=True)  # refuses an input; an existing file is resumed, not replaced
     if args.overwrite:
         out.unlink(missing_ok=True)
-    detector = make_detector(args)
+    detector = make_detector(args, subpixel=True)
     try:
         extractor = Extractor(detector=detector, descriptor=args.descriptor, orientation=args.orientation,
                               multiple_orientations=args.multiple_orientations, device=args.device)
@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     settings = {
         "detector": {"model": args.model, "weights": str(args.weights) if args.weights else None,
-                     "num_keypoints": args.num_keypoints},
+                     "num_keypoints": args.num_keypoints, "subpixel": True},
         "orientation": args.orientation,
         "multiple_orientations": args.multiple_orientations,
         "descriptor": args.descriptor,

@@ -40,6 +40,7 @@ class Extractor:
         "weights": None,  # a Key.Net weights file instead of the shipped ones
         "device": "cpu",
         "resize": None,  # longer side, px: larger images are extracted shrunk, keypoints mapped back
+        "subpixel": True,  # keypoints at the response's parabola vertex (KeyNetDetector's subpixel)
     }
 
     def __init__(self, detector: KeyNetDetector | None = None, **conf: Any) -> None:
@@ -48,8 +49,8 @@ class Extractor:
         self.conf = c = {**self.default_conf, **own}
         if detector is None:
             detector = KeyNetDetector(weights=c["weights"], model=c["model"], device=c["device"],
-                                      num_keypoints=c["num_keypoints"], **detector_conf)
-        elif detector_conf or {"weights", "model", "num_keypoints"} & set(own):
+                                      num_keypoints=c["num_keypoints"], subpixel=c["subpixel"], **detector_conf)
+        elif detector_conf or {"weights", "model", "num_keypoints", "subpixel"} & set(own):
             raise TypeError("give detector options to the detector you pass, not to the Extractor")
         self.detector = detector
         self.orientation: Orientation = (

@@ -213,3 +213,23 @@ def test_a_read_only_output_is_one_error_and_the_file_stays_readable(folder: tup
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert "Read-only file system" in r.stderr.strip().splitlines()[-1]
         assert_same_features(ro / "features.h5", single)
+
+
+def test_merge_combines_matches_files_too(tmp_path: Path) -> None:
+    from keynet.io.hloc import MatchFile
+
+    rng = np.random.default_rng(0)
+    pairs = [("a.jpg", "b.jpg"), ("a.jpg", "sub/c.jpg"), ("b.jpg", "sub/c.jpg")]
+    written = {}
+    for i, (n0, n1) in enumerate(pairs):
+        m = rng.integers(-1, 50, 40)
+        written[(n0, n1)] = m
+        with MatchFile(tmp_path / f"m{i % 2}.h5", {"matcher": "smnn"}) as f:
+            f.write(n0, n1, m, np.ones(40))
+    out = tmp_path / "matches.h5"
+    assert main(["merge", str(tmp_path / "m0.h5"), str(tmp_path / "m1.h5"), "--out", str(out)]) == 0
+    with MatchFile(out, mode="r") as f:
+        assert sorted(f.names()) == ["a.jpg/b.jpg", "a.jpg/sub-c.jpg", "b.jpg/sub-c.jpg"]
+        for (n0, n1), m in written.items():
+            got, _ = f.read(n0, n1)
+            np.testing.assert_array_equal(got[:, 1], m[m >= 0])

@@ -98,3 +98,24 @@ def test_eval_with_orientation(pairs_file: Path, tmp_path: Path, capsys: pytest.
     assert res["results"]["sift"]["pairs"]["pairs"][0]["matching_score"] > 0.9  # identity pair: matches itself
     assert _run(argv[:4] + ["--orientation", "sideways", "--out", str(tmp_path / "x")]) == 1
     assert "unknown orientation" in capsys.readouterr().err
+
+
+def test_eval_relative_pose_on_strecha_cameras(data_dir: Path, tmp_path: Path) -> None:
+    # Three fountain views with their ground-truth cameras: keynet eval recognises the layout, and
+    # SIFT keypoints with upright SIFT descriptors recover these easy poses within a few degrees.
+    src = data_dir / "multiview" / "strecha_fountain_p11"
+    (tmp_path / "fountain" / "images").mkdir(parents=True)
+    (tmp_path / "fountain" / "gt_dense_cameras").mkdir()
+    for n in ("0000.jpg", "0001.jpg", "0002.jpg"):
+        (tmp_path / "fountain" / "images" / n).write_bytes((src / "images" / n).read_bytes())
+        (tmp_path / "fountain" / "gt_dense_cameras" / f"{n}.camera").write_bytes(
+            (src / "gt_dense_cameras" / f"{n}.camera").read_bytes())
+    out = tmp_path / "r"
+    assert _run(["--data", str(tmp_path / "fountain"), "--detector", "sift", "--num-keypoints", "2000",
+                 "--out", str(out), "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["results"] == {} and res["config"]["pose_datasets"] == {"fountain": {"pairs": 3}}
+    pose = res["pose_results"]["sift"]["fountain"]
+    assert [p["pair"] for p in pose["pairs"]] == ["0000.jpg 0001.jpg", "0000.jpg 0002.jpg", "0001.jpg 0002.jpg"]
+    assert max(p["error"] for p in pose["pairs"]) < 3.0 and pose["mean"]["auc@20"] > 0.85
+    assert "## fountain: relative pose (3 pairs)" in (out / "report.md").read_text()

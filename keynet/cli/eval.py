@@ -75,15 +75,20 @@ def main(args: argparse.Namespace) -> int:
     from keynet.features.descriptors import RADIUS_PER_OPENCV_SIZE, make_descriptor
     from keynet.features.orientation import make_orientation
     from keynet.eval.report import markdown_report, plot_names, write_json, write_plots
-    from keynet.eval.run import evaluate
+    from keynet.eval.pose import POSE_MATCHER, POSE_RANSAC_PX, load_pose_dataset
+    from keynet.eval.run import FeatureCache, evaluate, evaluate_pose
     from keynet.io.files import write_atomic
+    from keynet.matching.matchers import Matcher
 
     apply_threads(args)
     for option in ("num_keypoints", "top_k", "mma_top_k"):
         check_positive(getattr(args, option), "--" + option.replace("_", "-"))
     t0 = time.perf_counter()
     try:
-        datasets = [load_dataset(*_parse_data(d)) for d in args.data]
+        datasets, pose_sets = [], []
+        for path, split in map(_parse_data, args.data):
+            pose = load_pose_dataset(path) if split is None else None
+            (pose_sets.append(pose) if pose is not None else datasets.append(load_dataset(path, split)))
         detectors = [make_detector(s, args.num_keypoints) for s in args.detector]
         descriptor = make_descriptor(args.descriptor)
         orientation = make_orientation(args.orientation)
@@ -97,16 +102,24 @@ def main(args: argparse.Namespace) -> int:
             print(f"keynet eval: {ds.name}: {len(ds.missing)} sequences of the split are absent", file=sys.stderr)
         if not ds.pairs:
             raise CLIError(f"{ds.name}: no image pairs")
+    for ds in pose_sets:
+        if not ds.pairs:
+            raise CLIError(f"{ds.name}: no image pairs with poses")
     out = output_dir(args.out)
     written = ["results.json", "report.md"] + ([] if args.no_plots else [n for ds in datasets for n in plot_names(ds.name)])
     inputs = [p for ds in datasets for pair in ds.pairs for p in (pair.image_a, pair.image_b)]
+    inputs += [ds.image_dir / n for ds in pose_sets for pair in ds.pairs for n in (pair.name0, pair.name1)]
     guard_outputs([out / name for name in written], inputs, args.overwrite)
 
     results = evaluate(detectors, datasets, descriptor, args.top_k, args.mma_top_k, progress=not args.quiet,
-                       orientation=orientation)
+                       orientation=orientation) if datasets else {}
+    pose_results = evaluate_pose(detectors, pose_sets, FeatureCache(descriptor, orientation), Matcher(*POSE_MATCHER),
+                                 progress=not args.quiet) if pose_sets else {}
     config = {
         "command": "keynet eval " + " ".join(shlex.quote(a) for a in _argv_of(args)),
         "datasets": {ds.name: {"layout": ds.layout, "pairs": len(ds.pairs), "missing": ds.missing} for ds in datasets},
+        "pose_datasets": {ds.name: {"pairs": len(ds.pairs)} for ds in pose_sets},
+        "pose": {"matcher": POSE_MATCHER, "ransac_px": POSE_RANSAC_PX},
         "detectors": [d.name for d in detectors],
         "descriptor": args.descriptor,
         "orientation": args.orientation,
@@ -121,9 +134,9 @@ def main(args: argparse.Namespace) -> int:
         "ransac": {"threshold": P.RANSAC_THRESHOLD, "max_iters": P.RANSAC_MAX_ITERS, "confidence": P.RANSAC_CONFIDENCE},
         "threads": args.threads,
     }  # fmt: skip
-    write_json(out / "results.json", config, results)
-    plots = [] if args.no_plots else write_plots(out, results)
-    write_atomic(out / "report.md", lambda tmp: tmp.write_text(markdown_report(config, results, plots)))
+    write_json(out / "results.json", config, results, pose_results)
+    plots = [] if args.no_plots or not results else write_plots(out, results)
+    write_atomic(out / "report.md", lambda tmp: tmp.write_text(markdown_report(config, results, plots, pose_results)))
     print(f"keynet eval: wrote {out}/results.json, report.md ({time.perf_counter() - t0:.0f} s)")
     return 0
 

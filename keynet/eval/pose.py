@@ -18,6 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+# How ``keynet eval`` matches and estimates for pose datasets: kornia's match_smnn at ratio 0.85, the
+# essential matrix by OpenCV's RANSAC at 1 px with the known intrinsics (as common pose benchmarks do).
+POSE_MATCHER = ("smnn", 0.85)
+POSE_RANSAC_PX = 1.0
+
 
 @dataclass
 class PosePair:
@@ -99,3 +104,55 @@ def pose_auc(errors: np.ndarray, thresholds=(5.0, 10.0, 20.0)) -> list[float]:
         e, r = np.r_[errors[:last], th], np.r_[recall[:last], recall[last - 1]]
         aucs.append(float(np.trapezoid(r, x=e) / th))
     return aucs
+
+
+# ------------------------------------------------------------------------------- datasets and runs
+
+
+@dataclass
+class PoseDataset:
+    """Image pairs with ground-truth relative poses: ``image_dir``/``name`` for each image name."""
+
+    name: str
+    image_dir: Path
+    pairs: list[PosePair]
+
+
+def load_pose_dataset(path: str | Path) -> PoseDataset | None:
+    """A Strecha folder (``images/`` and ``gt_dense_cameras/*.camera``; all pairs i < j) or a pairs file
+    with poses (module docstring; images relative to the file's folder); None for anything else."""
+    path = Path(path)
+    if path.is_dir() and (path / "gt_dense_cameras").is_dir() and (path / "images").is_dir():
+        names = sorted(p.name[: -len(".camera")] for p in (path / "gt_dense_cameras").glob("*.camera"))
+        names = [n for n in names if (path / "images" / n).is_file()]
+        return PoseDataset(path.name, path / "images", strecha_pairs(path / "gt_dense_cameras", names))
+    if path.is_file():
+        first = next((ln.split() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")), [])
+        if len(first) == 38:
+            return PoseDataset(path.stem, path.parent, read_pose_pairs(path))
+    return None
+
+
+def evaluate_pose_pair(fa, fb, pair: PosePair, matcher, threshold: float = POSE_RANSAC_PX) -> dict:
+    """One pair: mutual matches of the described features ``fa``, ``fb`` (``keynet.eval.detectors.
+    Features``), the essential matrix by OpenCV's RANSAC at ``threshold`` px with the known K, the
+    pose by the cheirality test, and its error against the ground truth."""
+    import cv2
+
+    from keynet.matching.geometry import estimate_essential, recover_pose
+    from keynet.matching.matchers import matches_to_pairs
+
+    m = matches_to_pairs(matcher.match(fa.descriptors, fb.descriptors)[0])
+    k0, k1 = fa.keypoints[m[:, 0]], fb.keypoints[m[:, 1]]
+    geometry = estimate_essential(k0, k1, pair.K0, pair.K1, threshold, 0.99999, method=cv2.RANSAC)
+    pose = recover_pose(geometry, k0, k1, pair.K0, pair.K1)
+    return {"pair": f"{pair.name0} {pair.name1}", "error": pose_error(*(pose or (None, None)), pair.R, pair.t),
+            "num_matches": int(len(m)), "num_inliers": int(geometry.num_inliers)}
+
+
+def summarize_pose(records: list[dict]) -> dict[str, float]:
+    """AUC@5/10/20 (fractions), median matches and inliers, number of pairs."""
+    aucs = pose_auc([r["error"] for r in records])
+    return {"auc@5": aucs[0], "auc@10": aucs[1], "auc@20": aucs[2], "num_pairs": len(records),
+            "num_matches": float(np.median([r["num_matches"] for r in records])),
+            "num_inliers": float(np.median([r["num_inliers"] for r in records]))}

@@ -70,9 +70,12 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, config: dict[str, Any], results: dict[str, dict[str, dict[str, Any]]]) -> None:
-    """``results[detector][dataset] = {"mean": summarize(...), "pairs": [...]}`` plus the config."""
-    text = json.dumps(_json_safe({"config": config, "results": results}), indent=1) + "\n"
+def write_json(path: Path, config: dict[str, Any], results: dict[str, dict[str, dict[str, Any]]],
+               pose_results: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
+    """``results[detector][dataset] = {"mean": summarize(...), "pairs": [...]}`` plus the config, and
+    ``pose_results`` alike for pose datasets (``keynet.eval.pose.summarize_pose``)."""
+    text = json.dumps(_json_safe({"config": config, "results": results, "pose_results": pose_results or {}}),
+                      indent=1) + "\n"
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
@@ -88,8 +91,10 @@ def per_sequence(pairs: list[dict[str, Any]], key: str) -> dict[str, float]:
     return {s: float(np.mean([p[key] for p in pairs if p["sequence"] == s])) for s in seqs}
 
 
-def markdown_report(config: dict[str, Any], results: dict[str, dict[str, dict[str, Any]]], plots: list[str]) -> str:
-    """The report: one table per dataset (detectors as rows), per-sequence repeatability, plots."""
+def markdown_report(config: dict[str, Any], results: dict[str, dict[str, dict[str, Any]]], plots: list[str],
+                    pose_results: dict[str, dict[str, dict[str, Any]]] | None = None) -> str:
+    """The report: one table per dataset (detectors as rows), per-sequence repeatability, relative
+    pose AUC for pose datasets, plots."""
     detectors = list(results)
     datasets = list(dict.fromkeys(d for r in results.values() for d in r))
     lines = [
@@ -126,10 +131,29 @@ def markdown_report(config: dict[str, Any], results: dict[str, dict[str, dict[st
             for det, table in seq_tables.items():
                 lines.append(f"| {det} | " + " | ".join(_fmt(key, table.get(s)) for s in seqs) + " |")
             lines.append("")
-    lines += _below_top_k_section(results, config["top_k"])
+    if results:
+        lines += _below_top_k_section(results, config["top_k"])
+    lines += _pose_section(pose_results or {})
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)
+
+
+def _pose_section(pose_results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """One table per pose dataset: AUC of the pose error at 5/10/20 degrees, median matches and inliers."""
+    lines = []
+    for ds in dict.fromkeys(d for r in pose_results.values() for d in r):
+        n = next(r[ds]["mean"]["num_pairs"] for r in pose_results.values() if ds in r)
+        lines += [f"## {ds}: relative pose ({n} pairs)", "",
+                  "AUC (%) of max(rotation, translation-direction error), essential matrix with the known intrinsics.", "",
+                  "| detector | AUC@5 | AUC@10 | AUC@20 | matches | inliers |", "|---|---:|---:|---:|---:|---:|"]
+        for det, per_ds in pose_results.items():
+            if ds in per_ds:
+                m = per_ds[ds]["mean"]
+                lines.append(f"| {det} | {100 * m['auc@5']:.1f} | {100 * m['auc@10']:.1f} | {100 * m['auc@20']:.1f} "
+                             f"| {m['num_matches']:.0f} | {m['num_inliers']:.0f} |")
+        lines.append("")
+    return lines
 
 
 def _below_top_k_section(results: dict[str, dict[str, dict[str, Any]]], top_k: int) -> list[str]:

@@ -134,3 +134,28 @@ def evaluate(
                 results[det.name][ds.name] = {"mean": summarize(records), "pairs": records}
             cache.drop(det.name)
     return results
+
+
+def evaluate_pose(detectors: list["Detector"], datasets: list, cache: FeatureCache, matcher,
+                  progress: bool = True) -> dict[str, dict[str, dict[str, Any]]]:
+    """Relative-pose results ``[detector name][dataset name] = {"mean": ..., "pairs": [...]}`` of
+    ``keynet.eval.pose`` datasets: every detector's features (``cache``) matched by ``matcher``."""
+    from tqdm import tqdm
+
+    from .pose import evaluate_pose_pair, summarize_pose
+
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    total = len(detectors) * sum(len(d.pairs) for d in datasets)
+    with tqdm(total=total, desc="pose", unit="pair", disable=not progress, file=sys.stderr) as bar:
+        for det in detectors:
+            results[det.name] = {}
+            for ds in datasets:
+                records = []
+                for pair in ds.pairs:
+                    fa, _ = cache.get(det, ds.image_dir / pair.name0)
+                    fb, _ = cache.get(det, ds.image_dir / pair.name1)
+                    records.append(evaluate_pose_pair(fa, fb, pair, matcher))
+                    bar.update(1)
+                results[det.name][ds.name] = {"mean": summarize_pose(records), "pairs": records}
+            cache.drop(det.name)
+    return results

@@ -144,3 +144,20 @@ def test_help_lists_every_subcommand_and_version() -> None:
     r = keynet("--help")
     assert r.returncode == 0 and all(f"    {name} " in r.stdout for name in SUBCOMMANDS)
     assert keynet("--version").stdout.strip() == f"keynet {__version__}"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["extract", "/nonexistent", "--out", "{tmp}/f.h5"], ["not a folder"]),
+    (["extract", "{tmp}", "--out", "{tmp}/f.h5"], ["no images"]),
+    (["match", "/nonexistent.h5", "--pairs", "exhaustive", "--out", "{tmp}/m.h5"], ["no such file"]),
+    (["match", "{tmp}/a.jpg", "{tmp}/b.jpg"], ["image not found"]),
+    (["match", "{tmp}/a.jpg"], ["two image files"]),
+    (["colmap", "/nope.h5", "/nope2.h5", "--images", "{tmp}", "--database", "{tmp}/db.db"], ["no such file"]),
+    (["sfm", "/nonexistent", "--out", "{tmp}/sfm"], ["not a folder"]),
+    (["merge", "/nope.h5", "--out", "{tmp}/merged.h5"], ["no such shard"]),
+    (["eval", "--data", "/nonexistent", "--detector", "sift", "--out", "{tmp}/ev"], ["not found"]),
+    (["detect", "/nonexistent", "--out", "{tmp}/det"], ["no such file"]),
+    (["export", "/proc/x.onnx"], ["/proc/x.onnx"]),
+])
+def test_every_command_says_what_is_wrong_in_one_line(args: list[str], words: list[str], tmp_path: Path) -> None:
+    one_line_error(keynet(*[a.format(tmp=tmp_path) for a in args]), *words)

@@ -211,3 +211,25 @@ def test_pose_evaluation_helpers(tmp_path, data_dir):
     (tmp_path / "p.txt").write_text(line + "\n")
     (read,) = read_pose_pairs(tmp_path / "p.txt")
     np.testing.assert_allclose(read.R, pair.R) and np.testing.assert_allclose(read.t, pair.t)
+
+
+def test_match_command_on_a_features_file(tmp_path, data_dir):
+    """The README's two commands: extract a folder, then match every pair into hloc's matches.h5."""
+    import cv2
+    import h5py
+
+    from keynet.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    img = cv2.imread(str(data_dir / "oxford_affine" / "graf" / "img1.png"))
+    for i, (y, x) in enumerate([(0, 0), (20, 30), (40, 10)]):
+        cv2.imwrite(str(images / f"im{i}.png"), img[y : y + 300, x : x + 400])
+    features, matches = tmp_path / "features.h5", tmp_path / "matches.h5"
+    assert main(["extract", str(images), "--out", str(features), "--model", "tiny", "--num-keypoints", "300",
+                 "--quiet"]) == 0
+    assert main(["match", str(features), "--pairs", "exhaustive", "--out", str(matches), "--quiet"]) == 0
+    with h5py.File(matches, "r") as f:  # read as hloc does: f[names_to_pair(a, b)]["matches0"]
+        for a, b in [("im0.png", "im1.png"), ("im0.png", "im2.png"), ("im1.png", "im2.png")]:
+            m = f[names_to_pair(a, b)]["matches0"][()]
+            assert m.dtype == np.int32 and (m >= 0).sum() > 50  # overlapping crops of one photo

@@ -83,6 +83,8 @@ def main(args: argparse.Namespace) -> int:
 
     apply_threads(args)
     images, problems = collect_images(args.inputs)
+    if not images:
+        raise CLIError(problems[0] if len(problems) == 1 else "no images found in the inputs")
     for msg in problems:
         print(f"keynet detect: {msg}", file=sys.stderr)
     # Outputs are named by stem: a later image whose stem is taken is skipped, not overwritten.

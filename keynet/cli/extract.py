@@ -60,6 +60,8 @@ def main(args: argparse.Namespace) -> int:
     if not args.folder.is_dir():
         raise CLIError(f"{args.folder}: not a folder; give the image folder")
     images, problems = collect_images([args.folder])
+    if not images:
+        raise CLIError(f"{args.folder}: no images found in the folder")
     for msg in problems:
         print(f"keynet extract: {msg}", file=sys.stderr)
     out = output_file_parent(args.out, "--out")

@@ -18,8 +18,8 @@ HELP = "match features (features.h5 -> matches.h5), or two images with a picture
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs=2, type=Path, metavar="INPUT",
-                   help="FEATURES.h5 and nothing else with --pairs, or two image files")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="FEATURES.h5 (with --pairs and --out), or two image files")
     p.add_argument("--pairs", default=None,
                    help="features mode: a pairs file ('name0 name1' per line), exhaustive or sequential:K")
     p.add_argument("--out", type=Path, default=None, help="features mode: the matches.h5 to write or complete")
@@ -42,9 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     apply_threads(args)
-    if args.inputs[0].suffix.lower() in (".h5", ".hdf5"):
+    if len(args.inputs) == 1 and args.inputs[0].suffix.lower() in (".h5", ".hdf5"):
         return _match_file(args)
-    return _match_images(args)
+    if len(args.inputs) == 2:
+        return _match_images(args)
+    raise CLIError("give one FEATURES.h5 (with --pairs and --out) or two image files")
 
 
 def _match_file(args: argparse.Namespace) -> int:
@@ -53,11 +55,9 @@ def _match_file(args: argparse.Namespace) -> int:
     from keynet.pipelines.match import match_pairs
     from keynet.pipelines.sfm import make_pairs
 
-    features, extra = args.inputs
+    features = args.inputs[0]
     if args.out is None or args.pairs is None:
         raise CLIError("features mode needs --pairs and --out (e.g. --pairs exhaustive --out matches.h5)")
-    if extra.suffix.lower() not in (".h5", ".hdf5") or extra != args.out:
-        raise CLIError(f"give the features file alone (got {extra} too); the matches file is --out")
     if not features.is_file():
         raise CLIError(f"{features}: no such file")
     output_file_parent(args.out, "--out")

@@ -15,7 +15,10 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], suffix: str | 
     ``suffix`` (default: ``path``'s own) lets writers that choose a format by extension work.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    except OSError as e:  # name the file asked for, not the temporary one
+        raise OSError(e.errno, f"cannot write a file there ({e.strerror})", str(path)) from None
     os.close(fd)
     try:
         write(Path(tmp))

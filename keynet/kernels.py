@@ -278,7 +278,7 @@ def _add_conv_rows(acc0, acc1, ring, weight, o, h, two) -> None:
     for an image of h rows of which ``ring`` (6, C, W + 4) holds rows o - 2 .. o + 3 (row m in slot
     m % 6, from column 2, zeros in the two columns at each side); with ``two`` also acc1 += row
     o + 1. The two output rows share k - 1 input rows, whose shifted columns are loaded once for
-    both: 1.3-1.7x faster here than one output row at a time, which loads 5 values per 5 products."""
+    both: 1.3-1.7x faster (in development, on 2-core AVX-512 VMs) than one output row at a time, which loads 5 values per 5 products."""
     k = weight.shape[1]
     r = k // 2
     for row in range(max(0, o - r), min(h, o + r + (2 if two else 1))):  # rows outside: zero padding
@@ -492,7 +492,7 @@ def _planar_row(row, j0, j1, wc, same, dst, at) -> None:
     W = len(j0) columns as ATen's bilinear resize (``_lerp_columns``' formula, source columns j0, j1,
     weight wc of the second), or with ``same`` its first W columns as they are. The channels are the inner loop and read
     contiguously; for Key.Net's 8 and Tiny-Key.Net's 1 their count is a literal, which lets the
-    compiler unroll that loop (2-15x faster here than a transpose followed by column lerps)."""
+    compiler unroll that loop (2-15x faster, in development on 2-core AVX-512 VMs, than a transpose followed by column lerps)."""
     if row.shape[1] == 8:
         _planar_columns(row, j0, j1, wc, same, dst, at, 8)
     elif row.shape[1] == 1:

@@ -70,6 +70,9 @@ def test_extract_refuses_bad_inputs(tmp_path: Path, capsys) -> None:
     assert main(["extract", str(tmp_path / "missing"), "--out", str(tmp_path / "f.h5")]) == 1
     assert "not a folder" in capsys.readouterr().err
     (tmp_path / "images").mkdir()
+    assert main(["extract", str(tmp_path / "images"), "--out", str(tmp_path / "f.h5")]) == 1
+    assert "no images found" in capsys.readouterr().err
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), np.full((64, 64), 128, np.uint8))
     assert main(["extract", str(tmp_path / "images"), "--out", str(tmp_path / "f.h5"), "--descriptor", "nope"]) == 1
     assert "unknown descriptor" in capsys.readouterr().err
 

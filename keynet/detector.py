@@ -186,11 +186,6 @@ class LevelScorer:
 
     def candidates(self, level: torch.Tensor, fx: float, fy: float, mask: torch.Tensor | None) -> torch.Tensor:
         """Maxima of one pyramid level of one image as rows (x, y, scale, score), row-major order."""
-        return self.candidates_and_response(level, fx, fy, mask)[0]
-
-    def candidates_and_response(self, level: torch.Tensor, fx: float, fy: float, mask: torch.Tensor | None
-                                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``candidates`` and the level's response (1, 1, h, w)."""
         score = self.response(level)
         c = self.conf
         if eager_on_cpu(score) and score.dtype == torch.float32:
@@ -205,18 +200,7 @@ class LevelScorer:
         x = self.map(u.double() + du, fx)
         y = self.map(v.double() + dv, fy)
         scale = torch.full_like(x, self.scale(fx, fy))
-        return torch.stack([x, y, scale, s.double()], 1), score
-
-    def sample(self, score: torch.Tensor, x: torch.Tensor, y: torch.Tensor, fx: float, fy: float) -> torch.Tensor:
-        """A level's (1, 1, h, w) response at image positions (x, y), bilinear (the inverse of ``map``;
-        0 outside the level)."""
-        h, w = score.shape[-2:]
-        if self.conf["compat"] == "kornia":
-            u, v = x / fx, y / fy
-        else:
-            u, v = (x + 0.5) / fx - 0.5, (y + 0.5) / fy - 0.5
-        grid = torch.stack([(2 * u + 1) / w - 1, (2 * v + 1) / h - 1], -1).float()[None, None]
-        return F.grid_sample(score.float(), grid, mode="bilinear", align_corners=False)[0, 0, 0].double()
+        return torch.stack([x, y, scale, s.double()], 1)
 
 
 class KeyNetDetector(nn.Module):
@@ -250,8 +234,6 @@ class KeyNetDetector(nn.Module):
         "band_pixels": 2**22,  # larger levels run the network and the suppression in row bands (memory)
         "precision": "float32",  # or "bfloat16" for Key.Net's learned convolutions (see FastKeyNet)
         "subpixel": False,  # refine positions to the response's parabola vertex (not in the paper)
-        "scale_refine": False,  # scales at the parabola vertex over the neighbouring levels (experimental)
-        "scale_maxima": False,  # keep only maxima over (x, y, level) (experimental)
     }
     def __init__(
         self,
@@ -347,34 +329,8 @@ class KeyNetDetector(nn.Module):
                     r["lafs"] = keypoints_to_lafs(r["keypoints"], r["scales"])
         return results if batched else results[0]
 
-    def _pyramid_level_candidates(self, pyramid: _Pyramid, j: int, mask: torch.Tensor | None):
-        if self.conf["scale_refine"] or self.conf["scale_maxima"]:  # the responses are needed across levels
-            return self.scorer.candidates_and_response(pyramid.level(j), *pyramid.factors(j), mask)
+    def _pyramid_level_candidates(self, pyramid: _Pyramid, j: int, mask: torch.Tensor | None) -> torch.Tensor:
         return self.scorer.candidates(pyramid.level(j), *pyramid.factors(j), mask)
-
-    def _across_levels(self, pyramid: _Pyramid, found: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-        """Each level's candidate rows, with the scale moved to the parabola vertex of the response over
-        the level and its two neighbours (``scale_refine``) and/or kept only where the level's response
-        is at least its neighbours' (``scale_maxima``), both sampled at the keypoint's position."""
-        out = []
-        f = self.conf["scale_factor"]
-        for j, (rows, _) in enumerate(found):
-            if not (0 < j < len(found) - 1) or len(rows) == 0:
-                out.append(rows)
-                continue
-            x, y, r0 = rows[:, 0], rows[:, 1], rows[:, 3]
-            below = self.scorer.sample(found[j - 1][1], x, y, *pyramid.factors(j - 1))
-            above = self.scorer.sample(found[j + 1][1], x, y, *pyramid.factors(j + 1))
-            if self.conf["scale_maxima"]:
-                keep = (r0 >= below) & (r0 >= above)
-                rows, below, above, r0 = rows[keep], below[keep], above[keep], r0[keep]
-            if self.conf["scale_refine"]:
-                curvature = below - 2 * r0 + above
-                d = torch.where(curvature < 0, -(above - below) / (2 * curvature), torch.zeros_like(r0)).clamp(-0.5, 0.5)
-                rows = rows.clone()
-                rows[:, 2] *= f ** d
-            out.append(rows)
-        return out
 
     def _detect_batch(self, batch: torch.Tensor, masks: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
         # One task per (image, level): images of a batch are independent, and one image at a time keeps
@@ -390,8 +346,6 @@ class KeyNetDetector(nn.Module):
         out = []
         for i, pyramid in enumerate(pyramids):
             by_level = [found[(i, j)] for j in range(len(pyramid))]  # level order: tie-breaks
-            if self.conf["scale_refine"] or self.conf["scale_maxima"]:
-                by_level = self._across_levels(pyramid, by_level)
             rows = torch.cat(by_level) if by_level else torch.zeros(0, 4, dtype=torch.float64)
             order = torch.sort(rows[:, 3], descending=True, stable=True).indices[: self.conf["num_keypoints"]]
             rows = rows[order].float()

@@ -161,3 +161,13 @@ def test_help_lists_every_subcommand_and_version() -> None:
 ])
 def test_every_command_says_what_is_wrong_in_one_line(args: list[str], words: list[str], tmp_path: Path) -> None:
     one_line_error(keynet(*[a.format(tmp=tmp_path) for a in args]), *words)
+
+
+def test_a_missing_optional_package_names_the_extra(tmp_path: Path) -> None:
+    # keynet sfm in a process where pycolmap cannot be found: it says which extra to install.
+    code = ("import sys, importlib.util; real = importlib.util.find_spec; "
+            "importlib.util.find_spec = lambda name, *a: None if name == 'pycolmap' else real(name, *a); "
+            "from keynet.cli import main; sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "sfm", str(tmp_path), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    one_line_error(r, "pycolmap", "keynet[sfm]")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CLIError, add_run_options, apply_threads, guard_outputs, output_file_parent
+from .common import CLIError, add_run_options, apply_threads, guard_outputs, output_file_parent, require
 
 HELP = "write a COLMAP database from features.h5 and matches.h5 and verify the matches"
 
@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    require("pycolmap", "sfm", "keynet colmap")
     from keynet.io.colmap import create_database, import_features, import_matches, verified_pairs, verify_matches
     from keynet.io.hloc import MatchFile, h5_items
     from keynet.matching.pairs import write_pairs

@@ -78,6 +78,14 @@ def check_device(name: str) -> str:
     return name
 
 
+def require(module: str, extra: str, what: str) -> None:
+    """A ``CLIError`` naming the extra to install when the optional ``module`` is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise CLIError(f"{what} needs {module}: pip install 'keynet[{extra}]'")
+
+
 def check_positive(value: int, option: str) -> None:
     if value < 1:
         raise CLIError(f"{option} must be at least 1, got {value}")

@@ -19,7 +19,7 @@ from typing import Iterable
 
 from keynet.eval.run import DETECTION_BUDGET
 
-from .common import CLIError, add_run_options, apply_threads, check_positive, guard_outputs, output_dir
+from .common import CLIError, add_run_options, apply_threads, check_positive, guard_outputs, output_dir, require
 
 HELP = "evaluate detectors on HPatches / Oxford with Key.Net's and D2-Net's protocols"
 
@@ -81,6 +81,8 @@ def main(args: argparse.Namespace) -> int:
     from keynet.matching.matchers import Matcher
 
     apply_threads(args)
+    if not args.no_plots:
+        require("matplotlib", "eval", "keynet eval's plots (or pass --no-plots)")
     for option in ("num_keypoints", "top_k", "mma_top_k"):
         check_positive(getattr(args, option), "--" + option.replace("_", "-"))
     t0 = time.perf_counter()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
-from .common import CLIError, add_model_options, check_positive, guard_outputs, output_file_parent
+from .common import CLIError, add_model_options, check_positive, guard_outputs, output_file_parent, require
 
 HELP = "write the network, or detection up to top-k, as ONNX"
 
@@ -23,8 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if importlib.util.find_spec("onnx") is None:
-        raise CLIError("export needs the onnx package: pip install 'keynet[onnx]'")
+    require("onnx", "onnx", "export")
     import warnings
 
     from keynet.detector import KeyNetDetector

@@ -20,6 +20,7 @@ from .common import (
     collect_images,
     guard_outputs,
     output_file_parent,
+    require,
 )
 
 HELP = "extract local features (keypoints, orientation, descriptors) of a folder into an hloc features.h5"
@@ -105,10 +106,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _extract_on_ray(args: argparse.Namespace, images: list[Path], out: Path, settings: dict):
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        raise CLIError("--ray needs Ray: pip install 'keynet[ray]'")
+    require("ray", "ray", "--ray")
     from keynet.pipelines.distributed import extract_with_ray
 
     check_positive(args.workers, "--workers")

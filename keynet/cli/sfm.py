@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from .colmap import add_camera_options, camera_settings
-from .common import CLIError, add_run_options, apply_threads, check_positive, guard_outputs, output_dir
+from .common import CLIError, add_run_options, apply_threads, check_positive, guard_outputs, output_dir, require
 
 HELP = "structure from motion on a folder of photos: features, matches, COLMAP database and model"
 
@@ -38,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    require("pycolmap", "sfm", "keynet sfm")
     from keynet.pipelines.sfm import run_sfm
 
     from .common import collect_images

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 DETECTION_BUDGET = 5000
 
@@ -111,51 +111,52 @@ def evaluate(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """``results[detector name][dataset name] = {"mean": ..., "pairs": [...]}`` (see ``report``);
     keypoints are described at ``orientation``'s angle (upright when None)."""
-    from tqdm import tqdm
-
     from .report import summarize
 
+    def one_pair(det: "Detector", ds: "Dataset", pair: Any) -> dict[str, Any]:
+        fa, sa = cache.get(det, pair.image_a)
+        fb, sb = cache.get(det, pair.image_b)
+        return {"pair": pair.name, "sequence": pair.sequence,
+                **evaluate_pair(fa, sa, fb, sb, pair.H, top_k, mma_top_k)}
+
     cache = FeatureCache(descriptor, orientation)
-    results: dict[str, dict[str, dict[str, Any]]] = {}
-    total = len(detectors) * sum(len(d.pairs) for d in datasets)
-    with tqdm(total=total, desc="eval", unit="pair", disable=not progress, file=sys.stderr) as bar:
-        for det in detectors:
-            results[det.name] = {}
-            for ds in datasets:
-                records = []
-                for pair in ds.pairs:
-                    bar.set_postfix_str(f"{det.name} {pair.name}", refresh=False)
-                    fa, sa = cache.get(det, pair.image_a)
-                    fb, sb = cache.get(det, pair.image_b)
-                    rec = {"pair": pair.name, "sequence": pair.sequence}
-                    rec.update(evaluate_pair(fa, sa, fb, sb, pair.H, top_k, mma_top_k))
-                    records.append(rec)
-                    bar.update(1)
-                results[det.name][ds.name] = {"mean": summarize(records), "pairs": records}
-            cache.drop(det.name)
-    return results
+    return _run_pairs(detectors, datasets, cache, one_pair, summarize, "eval", progress)
 
 
 def evaluate_pose(detectors: list["Detector"], datasets: list, cache: FeatureCache, matcher,
                   progress: bool = True) -> dict[str, dict[str, dict[str, Any]]]:
     """Relative-pose results ``[detector name][dataset name] = {"mean": ..., "pairs": [...]}`` of
     ``keynet.eval.pose`` datasets: every detector's features (``cache``) matched by ``matcher``."""
-    from tqdm import tqdm
-
     from .pose import evaluate_pose_pair, summarize_pose
+
+    def one_pair(det: "Detector", ds: Any, pair: Any) -> dict[str, Any]:
+        fa, _ = cache.get(det, ds.image_dir / pair.name0)
+        fb, _ = cache.get(det, ds.image_dir / pair.name1)
+        return evaluate_pose_pair(fa, fb, pair, matcher)
+
+    return _run_pairs(detectors, datasets, cache, one_pair, summarize_pose, "pose", progress)
+
+
+def _run_pairs(detectors: list["Detector"], datasets: list, cache: FeatureCache,
+               one_pair: Callable[["Detector", Any, Any], dict[str, Any]],
+               summarize: Callable[[list[dict[str, Any]]], dict[str, Any]], desc: str,
+               progress: bool) -> dict[str, dict[str, dict[str, Any]]]:
+    """``results[detector name][dataset name] = {"mean": summarize(records), "pairs": records}``, with
+    ``one_pair(detector, dataset, pair)`` giving each pair's record; one detector at a time, whose
+    features ``cache`` forgets once its pairs are done."""
+    from tqdm import tqdm
 
     results: dict[str, dict[str, dict[str, Any]]] = {}
     total = len(detectors) * sum(len(d.pairs) for d in datasets)
-    with tqdm(total=total, desc="pose", unit="pair", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=total, desc=desc, unit="pair", disable=not progress, file=sys.stderr) as bar:
         for det in detectors:
             results[det.name] = {}
             for ds in datasets:
+                bar.set_postfix_str(f"{det.name} {ds.name}", refresh=False)
                 records = []
                 for pair in ds.pairs:
-                    fa, _ = cache.get(det, ds.image_dir / pair.name0)
-                    fb, _ = cache.get(det, ds.image_dir / pair.name1)
-                    records.append(evaluate_pose_pair(fa, fb, pair, matcher))
+                    records.append(one_pair(det, ds, pair))
                     bar.update(1)
-                results[det.name][ds.name] = {"mean": summarize_pose(records), "pairs": records}
+                results[det.name][ds.name] = {"mean": summarize(records), "pairs": records}
             cache.drop(det.name)
     return results

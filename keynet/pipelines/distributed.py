@@ -15,13 +15,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from keynet.io.files import write_atomic
 from keynet.io.hloc import FeatureFile, copy_item, h5_items, stored_settings
 from keynet.pipelines.extract import ExtractReport, image_name
 
@@ -57,9 +56,9 @@ def _check_shards(shards: list[Path]) -> tuple[dict[str, Path], str | None]:
             if name in owner:
                 raise ValueError(f"{name} is in two shards, {owner[name]} and {shard}; merge each item once")
             owner[name] = shard
-    if len(set(settings.values())) > 1:
-        a, b = list(settings)[0], next(s for s in settings if settings[s] != settings[list(settings)[0]])
-        raise ValueError(f"{a} and {b} were made with different settings; merge shards of one run")
+    other = next((s for s in shards if settings[s] != settings[shards[0]]), None)
+    if other is not None:
+        raise ValueError(f"{shards[0]} and {other} were made with different settings; merge shards of one run")
     return owner, next(iter(settings.values()), None)
 
 
@@ -70,9 +69,8 @@ def merge_h5(shards: list[Path], out: Path, expected: Iterable[str] | None = Non
     import h5py
 
     owner, settings = _check_shards(shards)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".h5")
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as dst:
             if settings is not None:
                 dst.attrs["keynet_settings"] = settings
@@ -80,10 +78,8 @@ def merge_h5(shards: list[Path], out: Path, expected: Iterable[str] | None = Non
                 with h5py.File(shard, "r") as src:
                     for name in sorted(n for n, s in owner.items() if s == shard):
                         copy_item(src, name, dst)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(out, write)
     missing = sorted(set(expected or ()) - set(owner))
     return MergeReport(written=sorted(owner), missing=missing)
 

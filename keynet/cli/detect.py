@@ -73,11 +73,10 @@ def make_detector(args: argparse.Namespace, **options):
 
 
 def main(args: argparse.Namespace) -> int:
-    import cv2
     import numpy as np
     from tqdm import tqdm
 
-    from keynet.io.files import write_atomic
+    from keynet.io.files import write_atomic, write_image
     from keynet.io.image import load_image
     from keynet.viz import draw_keypoints
 
@@ -118,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
         if args.viz:
             picture = draw_keypoints(gray, arrays["keypoints"], arrays["scales"], arrays["scores"],
                                      max_keypoints=args.viz_keypoints or None, label=label)
-            write_atomic(png, lambda tmp: cv2.imwrite(str(tmp), picture))
+            write_image(png, picture)
     if failed:
         print(f"keynet detect: {failed} input(s) failed, {len(images) + len(problems) - failed} image(s) written",
               file=sys.stderr)

@@ -75,9 +75,8 @@ def _match_file(args: argparse.Namespace) -> int:
 
 
 def _match_images(args: argparse.Namespace) -> int:
-    import cv2
 
-    from keynet.io.files import write_atomic
+    from keynet.io.files import write_image
     from keynet.io.image import load_image
     from keynet.matching.geometry import estimate_fundamental, estimate_homography
     from keynet.matching.matchers import Matcher, matches_to_pairs
@@ -111,10 +110,6 @@ def _match_images(args: argparse.Namespace) -> int:
         text = (f"{geometry.num_inliers} {args.geometry} inliers of {len(m)} {args.matcher} matches; "
                 f"grey dots: outliers")
         picture = draw_matches(grays[0], grays[1], kp0, kp1, geometry.inliers, text)
-        write_atomic(args.viz, lambda tmp: cv2.imwrite(str(tmp), picture) or _fail(tmp), suffix=".png")
+        write_image(args.viz, picture)
         print(f"picture: {args.viz}", file=sys.stderr)
     return 0
-
-
-def _fail(path: Path) -> None:
-    raise OSError(f"OpenCV could not write {path}")

@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 
 def write_atomic(path: str | Path, write: Callable[[Path], None], suffix: str | None = None) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``.
@@ -30,3 +32,15 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], suffix: str | 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_image(path: str | Path, picture: np.ndarray) -> None:
+    """Write a BGR uint8 ``picture`` with OpenCV (the format from ``path``'s suffix), atomically;
+    ``OSError`` if OpenCV cannot encode it."""
+    import cv2
+
+    def write(tmp: Path) -> None:
+        if not cv2.imwrite(str(tmp), picture):
+            raise OSError(f"OpenCV could not write {path}")
+
+    write_atomic(path, write)

@@ -20,6 +20,7 @@ import cv2
 from tqdm import tqdm
 
 from keynet.io.colmap import create_database, import_features, import_matches, quiet_colmap, verify_matches
+from keynet.io.files import write_image
 from keynet.matching.matchers import Matcher
 from keynet.matching.pairs import Pair, exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
 from keynet.pipelines.extract import ExtractReport, extract_to_h5
@@ -149,5 +150,5 @@ def run_sfm(image_dir: str | Path, names: Sequence[str], out_dir: str | Path, co
         if write_text:
             (out / "model_txt").mkdir(exist_ok=True)
             best.write_text(str(out / "model_txt"))
-        cv2.imwrite(str(out / "model.png"), draw_top_view(best))
+        write_image(out / "model.png", draw_top_view(best))
     return best, model_stats(best)

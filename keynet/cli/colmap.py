@@ -51,10 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     require("pycolmap", "sfm", "keynet colmap")
-    from keynet.io.colmap import create_database, import_features, import_matches, verified_pairs, verify_matches
+    from keynet.io.colmap import build_database, verified_pairs
     from keynet.io.hloc import MatchFile, h5_items
-    from keynet.matching.pairs import write_pairs
-    from keynet.pipelines.sfm import make_pairs
+    from keynet.matching.pairs import make_pairs
 
     apply_threads(args)
     for path in (args.features, args.matches):
@@ -72,13 +71,7 @@ def main(args: argparse.Namespace) -> int:
             pairs = [p for p in make_pairs(names, args.pairs) if p in mf]
         if not pairs:
             raise CLIError(f"{args.matches} holds none of the pairs asked for ({args.pairs})")
-        for path in (args.database, pairs_path):
-            path.unlink(missing_ok=True)
-        write_pairs(pairs_path, pairs)
-        ids = create_database(args.database, args.images, names, **cameras)
-        import_features(args.database, ids, args.features)
-        import_matches(args.database, ids, args.matches, pairs)
-        verify_matches(args.database, pairs_path)
+        build_database(args.database, args.images, names, args.features, args.matches, pairs, pairs_path, **cameras)
     except (ValueError, KeyError) as e:
         raise CLIError(str(e)) from None
     verified = verified_pairs(args.database)

@@ -53,7 +53,7 @@ def _match_file(args: argparse.Namespace) -> int:
     from keynet.io.hloc import h5_items
     from keynet.matching.matchers import Matcher
     from keynet.pipelines.match import match_pairs
-    from keynet.pipelines.sfm import make_pairs
+    from keynet.matching.pairs import make_pairs
 
     features = args.inputs[0]
     if args.out is None or args.pairs is None:

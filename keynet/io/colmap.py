@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from keynet.io.hloc import FeatureFile, MatchFile
-from keynet.matching.pairs import Pair
+from keynet.matching.pairs import Pair, write_pairs
 
 COLMAP_ORIGIN = 0.5
 CAMERA_MODES = ("per-image", "single")
@@ -131,6 +131,22 @@ def verify_matches(database: str | Path, pairs_path: str | Path, max_error: floa
     options.ransac.max_error = max_error
     with quiet_colmap(verbose):
         pycolmap.verify_matches(database, pairs_path, options)
+
+
+def build_database(database: Path, image_dir: str | Path, names: Sequence[str], features_path: str | Path,
+                   matches_path: str | Path, pairs: Sequence[Pair], pairs_path: Path,
+                   camera_mode: str = "per-image", camera_model: str = "SIMPLE_RADIAL",
+                   camera_params: Sequence[float] | None = None) -> None:
+    """A new COLMAP database (an old one at that path, with its ``-wal`` and ``-shm`` files, is
+    removed) with the images and cameras (``create_database``), keypoints and raw matches of
+    ``pairs``, verified by COLMAP; ``pairs`` are written to ``pairs_path`` for the verification."""
+    for stale in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    write_pairs(pairs_path, pairs)
+    ids = create_database(database, image_dir, names, camera_mode, camera_model, camera_params)
+    import_features(database, ids, features_path)
+    import_matches(database, ids, matches_path, pairs)
+    verify_matches(database, pairs_path)
 
 
 def verified_pairs(database: str | Path) -> dict[tuple[str, str], int]:

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from keynet.matching.matchers import matches_to_pairs
+
 PARTIAL = "_keynet_partial"
 _REQUIRED = ("keypoints", "scores", "descriptors", "image_size")
 
@@ -243,9 +245,8 @@ class MatchFile(_KeynetH5):
         key, reverse = found
         matches0 = self._file[key]["matches0"][()]
         scores0 = self._file[key]["matching_scores0"][()].astype(np.float32)
-        idx = np.flatnonzero(matches0 != -1)
-        matches = np.stack([idx, matches0[idx]], axis=1).astype(np.int64)
-        return (matches[:, ::-1].copy() if reverse else matches), scores0[idx]
+        matches = matches_to_pairs(matches0)
+        return (matches[:, ::-1].copy() if reverse else matches), scores0[matches[:, 0]]
 
 
 # ------------------------------------------------------------------------------ whole files

@@ -11,7 +11,7 @@ coordinates; a match list is ``matches0`` (N0,) int with -1 where keypoint i of 
 
 from .geometry import TwoViewGeometry, estimate_essential, estimate_fundamental, estimate_homography
 from .matchers import MATCHERS, Matcher
-from .pairs import exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
+from .pairs import exhaustive_pairs, make_pairs, read_pairs, sequential_pairs, write_pairs
 
 __all__ = [
     "MATCHERS",
@@ -21,6 +21,7 @@ __all__ = [
     "estimate_fundamental",
     "estimate_homography",
     "exhaustive_pairs",
+    "make_pairs",
     "read_pairs",
     "sequential_pairs",
     "write_pairs",

@@ -21,6 +21,18 @@ def sequential_pairs(names: Sequence[str], k: int) -> list[Pair]:
     return [(a, b) for i, a in enumerate(names) for b in names[i + 1 : i + 1 + k]]
 
 
+def make_pairs(names: Sequence[str], spec: str) -> list[Pair]:
+    """Pairs from ``exhaustive``, ``sequential:K`` (each image with the next K) or a pairs file path."""
+    if spec == "exhaustive":
+        return exhaustive_pairs(names)
+    if spec.startswith("sequential"):
+        _, _, k = spec.partition(":")
+        return sequential_pairs(names, int(k or 5))
+    if not Path(spec).is_file():
+        raise ValueError(f"pairs {spec!r}: use exhaustive, sequential:K or an existing pairs file")
+    return read_pairs(spec)
+
+
 def read_pairs(path: str | Path) -> list[Pair]:
     """Pairs from an hloc pairs file: ``name0 name1`` per line (extra columns ignored); blank lines and
     ``#`` comments skipped; a pair listed twice, in either order, and an image paired with itself are

@@ -19,10 +19,10 @@ from typing import Any, Sequence
 import cv2
 from tqdm import tqdm
 
-from keynet.io.colmap import create_database, import_features, import_matches, quiet_colmap, verify_matches
+from keynet.io.colmap import build_database, quiet_colmap
 from keynet.io.files import write_image
 from keynet.matching.matchers import Matcher
-from keynet.matching.pairs import Pair, exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
+from keynet.matching.pairs import make_pairs
 from keynet.pipelines.extract import ExtractReport, extract_to_h5
 from keynet.pipelines.match import match_pairs
 
@@ -56,21 +56,6 @@ def extract_folder(image_dir: Path, names: Sequence[str], features_path: Path, c
                           num_keypoints=conf["num_keypoints"], resize=conf["max_size"] or None)
     return extract_to_h5([image_dir / n for n in names], image_dir, features_path, extractor,
                          {k: conf[k] for k in keys}, progress)
-
-
-# -------------------------------------------------------------------------------------------- pairs
-
-
-def make_pairs(names: Sequence[str], spec: str) -> list[Pair]:
-    """Pairs from ``exhaustive``, ``sequential:K`` (each image with the next K) or a pairs file path."""
-    if spec == "exhaustive":
-        return exhaustive_pairs(names)
-    if spec.startswith("sequential"):
-        _, _, k = spec.partition(":")
-        return sequential_pairs(names, int(k or 5))
-    if not Path(spec).is_file():
-        raise ValueError(f"pairs {spec!r}: use exhaustive, sequential:K or an existing pairs file")
-    return read_pairs(spec)
 
 
 # ---------------------------------------------------------------------------------------------- map
@@ -130,15 +115,9 @@ def run_sfm(image_dir: str | Path, names: Sequence[str], out_dir: str | Path, co
         print(f"keynet sfm: skipped {name}: {reason}", file=sys.stderr)
     names = [n for n in names if n not in dict(failed)]
     pairs = make_pairs(list(names), conf["pairs"])
-    write_pairs(pairs_path, pairs)
     match_pairs(features, pairs, matches, Matcher(conf["matcher"], conf["ratio"]), progress)
-
-    for stale in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
-        stale.unlink(missing_ok=True)
-    ids = create_database(database, image_dir, names, conf["camera_mode"], conf["camera_model"], conf["camera_params"])
-    import_features(database, ids, features)
-    import_matches(database, ids, matches, pairs)
-    verify_matches(database, pairs_path)
+    build_database(database, image_dir, names, features, matches, pairs, pairs_path,
+                   conf["camera_mode"], conf["camera_model"], conf["camera_params"])
 
     models_dir = out / "models"
     models_dir.mkdir(exist_ok=True)

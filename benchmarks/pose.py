@@ -24,11 +24,8 @@ from keynet.matching.geometry import estimate_essential, recover_pose
 from keynet.matching.matchers import Matcher, matches_to_pairs
 from keynet.paths import shared_data_dir
 from keynet.features import Extractor
+from keynet.features.descriptors import rootsift
 from keynet.features.extractor import resize_for_extraction, to_original_pixels
-
-
-def root(desc: np.ndarray) -> np.ndarray:
-    return np.sqrt(desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-12))
 
 
 def opencv_fn(kind: str, n: int):
@@ -43,7 +40,7 @@ def opencv_fn(kind: str, n: int):
         if kind == "akaze":
             desc = np.unpackbits(desc, axis=1).astype(np.float32)  # L2 on bits = sqrt(Hamming)
         elif kind == "rootsift":
-            desc = root(desc.astype(np.float32))
+            desc = rootsift(desc.astype(np.float32))
         return {"keypoints": xy, "descriptors": desc.astype(np.float32)}
 
     return extract

@@ -59,6 +59,11 @@ def sift_octave_layer(size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return octave, layer
 
 
+def rootsift(desc: np.ndarray) -> np.ndarray:
+    """RootSIFT of (N, D) non-negative descriptors: L1-normalised, then square-rooted (unit L2 norm)."""
+    return np.sqrt(desc / np.maximum(desc.sum(1, keepdims=True), 1e-12))
+
+
 class SIFTDescriptor:
     """OpenCV SIFT descriptors at given keypoints (``KeyPoint.size = r / 3``, ``angle`` as given, the
     pyramid level packed into ``octave``); ``root=True`` gives RootSIFT (Arandjelovic & Zisserman
@@ -83,9 +88,7 @@ class SIFTDescriptor:
         if desc is None or len(out_kps) != len(kps):
             raise RuntimeError(f"SIFT returned {0 if desc is None else len(out_kps)} of {len(kps)} descriptors")
         desc = desc.astype(np.float32)
-        if self.root:
-            desc = np.sqrt(desc / np.maximum(desc.sum(1, keepdims=True), 1e-12))
-        return desc
+        return rootsift(desc) if self.root else desc
 
 
 # kornia architectures a weights file can be loaded into (all take 32x32 patches, give 128 floats).

@@ -77,6 +77,7 @@ def main(args: argparse.Namespace) -> int:
     guard_outputs([out], images, overwrite=True)  # refuses an input; an existing file is resumed, not replaced
     if args.overwrite:
         out.unlink(missing_ok=True)
+    # Built here also for --ray (whose actors build their own): bad options fail in one line before Ray starts.
     detector = make_detector(args, subpixel=True)
     try:
         extractor = Extractor(detector=detector, descriptor=args.descriptor, orientation=args.orientation,

@@ -142,9 +142,10 @@ def extract_with_ray(
     report = ExtractReport()
     with FeatureFile(out, settings) as h5:
         _absorb_parts(parts, h5)  # what a killed run finished
-        report.skipped = sorted(image_name(p, root) for p in images if image_name(p, root) in h5)
+        names = {p: image_name(p, root) for p in images}
+        report.skipped = sorted(n for n in names.values() if n in h5)
     done = set(report.skipped)
-    todo_paths = [p for p in images if image_name(p, root) not in done]
+    todo_paths = [p for p in images if names[p] not in done]
     if todo_paths:
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=None if address else workers * threads_per_worker,

@@ -80,33 +80,34 @@ class Extractor:
         elif isinstance(image, np.ndarray):
             image = to_float_gray(image)
         if self.conf["resize"] and isinstance(image, np.ndarray) and max(image.shape) > self.conf["resize"]:
-            return self._extract_resized(image, return_lafs)
-        detections = self.detector.detect(image)  # checks a tensor image
-        if isinstance(image, torch.Tensor):
-            batch = image.detach().float().cpu().reshape(-1, *image.shape[-2:]).numpy()
+            results = [self._extract_resized(image)]
+            single = True
         else:
-            batch = image[None]
-        results = [self._describe(img, det, return_lafs)
-                   for img, det in zip(batch, detections if isinstance(detections, list) else [detections])]
-        return results if isinstance(detections, list) else results[0]
-
-    def _extract_resized(self, image: np.ndarray, return_lafs: bool) -> dict[str, torch.Tensor]:
-        """Features of ``image`` shrunk to ``resize`` px on its longer side, in the original image's
-        pixels (``to_original_pixels``); scales grow by the mean factor; ``image_size`` is the original's."""
-        small, sx, sy = resize_for_extraction(image, self.conf["resize"])
-        out = self._describe(small, self.detector.detect(small), False)
-        out["keypoints"] = torch.from_numpy(to_original_pixels(out["keypoints"].numpy(), sx, sy).astype(np.float32))
-        out["scales"] = out["scales"] * (0.5 * (sx + sy))
-        out["image_size"] = torch.tensor([image.shape[1], image.shape[0]], dtype=torch.float32)
+            detections = self.detector.detect(image)  # checks a tensor image
+            single = not isinstance(detections, list)
+            if isinstance(image, torch.Tensor):
+                batch = image.detach().float().cpu().reshape(-1, *image.shape[-2:]).numpy()
+            else:
+                batch = image[None]
+            results = [self._describe(img, det) for img, det in zip(batch, [detections] if single else detections)]
         if return_lafs:
             from .lafs import features_to_lafs
 
-            out["lafs"] = features_to_lafs(out["keypoints"].numpy(), out["scales"].numpy(), out["orientations"].numpy())
+            for r in results:
+                r["lafs"] = features_to_lafs(r["keypoints"].numpy(), r["scales"].numpy(), r["orientations"].numpy())
+        return results[0] if single else results
+
+    def _extract_resized(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+        """Features of ``image`` shrunk to ``resize`` px on its longer side, in the original image's
+        pixels (``to_original_pixels``); scales grow by the mean factor; ``image_size`` is the original's."""
+        small, sx, sy = resize_for_extraction(image, self.conf["resize"])
+        out = self._describe(small, self.detector.detect(small))
+        out["keypoints"] = torch.from_numpy(to_original_pixels(out["keypoints"].numpy(), sx, sy).astype(np.float32))
+        out["scales"] = out["scales"] * (0.5 * (sx + sy))
+        out["image_size"] = torch.tensor([image.shape[1], image.shape[0]], dtype=torch.float32)
         return out
 
-    def _describe(self, image: np.ndarray, det: dict[str, torch.Tensor], return_lafs: bool) -> dict[str, torch.Tensor]:
-        from .lafs import features_to_lafs
-
+    def _describe(self, image: np.ndarray, det: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         kps, scales = det["keypoints"].cpu().numpy(), det["scales"].cpu().numpy()
         angles, index = self.orientation.compute(image, kps, scales)
         kps, scales = kps[index], scales[index]
@@ -120,8 +121,6 @@ class Extractor:
             "descriptors": torch.from_numpy(np.ascontiguousarray(desc, np.float32)),
             "image_size": torch.tensor([w, h], dtype=torch.float32),
         }
-        if return_lafs:
-            out["lafs"] = features_to_lafs(kps, scales, angles)
         return out
 
 

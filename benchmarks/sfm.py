@@ -1,6 +1,6 @@
 """Structure from motion: ``keynet sfm``'s pipeline against pycolmap's own SIFT (extraction,
-exhaustive matching, incremental mapping with default options, as a new user would run it), on the
-multi-view sets of the shared data. Prints one table: registered images, 3D points, mean track
+exhaustive matching with default options, as a new user would run them; then the same mapping step as
+``keynet sfm``: pycolmap's incremental mapper, same seed, same retries), on the multi-view sets of the shared data. Prints one table: registered images, 3D points, mean track
 length, mean reprojection error, and for the fountain the camera-centre error after a similarity fit
 to the ground truth (mean distance, in % of the largest distance between ground-truth centres).
 
@@ -19,9 +19,9 @@ import numpy as np
 import pycolmap
 
 from keynet.eval.pose import read_strecha_camera
-from keynet.io.colmap import quiet_colmap
+from keynet.io.colmap import parse_intrinsics, quiet_colmap
 from keynet.paths import shared_data_dir
-from keynet.pipelines.sfm import model_stats, run_sfm
+from keynet.pipelines.sfm import default_conf, incremental_mapping, model_stats, run_sfm
 
 FOUNTAIN_K = "PINHOLE 2759.48,2764.16,1520.69,1006.81"
 
@@ -56,6 +56,14 @@ def centre_error(model, gt_dir: Path) -> float:
     return float(100 * np.linalg.norm(aligned - gt, axis=1).mean() / extent)
 
 
+def mapper_conf(spec: dict, threads: int) -> dict:
+    """``keynet sfm``'s settings for a set: known intrinsics where the set has them."""
+    conf = {**default_conf, "threads": threads}
+    if "intrinsics" in spec:
+        conf["camera_model"], conf["camera_params"] = parse_intrinsics(spec["intrinsics"])
+    return conf
+
+
 def sift_baseline(spec: dict, names: list[str], work: Path, threads: int):
     database = work / "database.db"
     reader = pycolmap.ImageReaderOptions()
@@ -68,11 +76,9 @@ def sift_baseline(spec: dict, names: list[str], work: Path, threads: int):
     with quiet_colmap():
         pycolmap.extract_features(database, spec["dir"], names, mode, reader, extraction, device=pycolmap.Device.cpu)
         pycolmap.match_exhaustive(database, device=pycolmap.Device.cpu)
-        options = pycolmap.IncrementalPipelineOptions()
-        options.num_threads = threads
-        (work / "models").mkdir()
-        models = pycolmap.incremental_mapping(database, spec["dir"], work / "models", options)
-    return max(models.values(), key=lambda r: r.num_reg_images(), default=None)
+    (work / "models").mkdir()
+    models = incremental_mapping(database, spec["dir"], work / "models", mapper_conf(spec, threads), len(names), False)
+    return models[0] if models else None
 
 
 def main() -> None:
@@ -92,12 +98,7 @@ def main() -> None:
             work.mkdir(parents=True)
             start = time.perf_counter()
             if method == "keynet sfm":
-                conf = {"threads": args.threads}
-                if "intrinsics" in spec:
-                    from keynet.io.colmap import parse_intrinsics
-
-                    conf["camera_model"], conf["camera_params"] = parse_intrinsics(spec["intrinsics"])
-                model, _ = run_sfm(spec["dir"], names, work, conf, progress=False)
+                model, _ = run_sfm(spec["dir"], names, work, mapper_conf(spec, args.threads), progress=False)
             else:
                 model = sift_baseline(spec, names, work, args.threads)
             seconds = time.perf_counter() - start

@@ -33,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="exhaustive, sequential:K (each image with the next K by name) or a pairs file "
                         "(default: %(default)s)")
     add_camera_options(p)
+    p.add_argument("--seed", type=int, default=d["seed"],
+                   help="seed of COLMAP's verification and mapper (default: %(default)s); a mapper run whose "
+                        f"largest model holds under half the photos is repeated with the next seed, "
+                        f"{d['mapper_tries']} runs at most")
     p.add_argument("--text", action="store_true", help="also write the model as text (model_txt/)")
     add_run_options(p, threads=None)
 
@@ -59,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
     conf = {"max_size": args.max_size, "num_keypoints": args.num_keypoints, "descriptor": args.descriptor,
             "orientation": args.orientation,
             "matcher": args.matcher, "ratio": args.ratio, "pairs": args.pairs, "threads": args.threads,
+            "seed": args.seed,
             **camera_settings(args)}
     try:
         model, stats = run_sfm(args.images, names, out, conf, write_text=args.text, progress=not args.quiet)

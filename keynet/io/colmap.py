@@ -120,12 +120,13 @@ def import_matches(database: str | Path, image_ids: dict[str, int], matches_path
 
 
 def verify_matches(database: str | Path, pairs_path: str | Path, max_error: float = 4.0,
-                   verbose: bool = False) -> None:
+                   verbose: bool = False, seed: int = 0) -> None:
     """COLMAP's geometric verification of the pairs listed in ``pairs_path`` (hloc's settings:
-    up to 20,000 RANSAC trials, minimum inlier ratio 0.1)."""
+    up to 20,000 RANSAC trials, minimum inlier ratio 0.1), its RANSAC seeded with ``seed``."""
     import pycolmap
 
     options = pycolmap.TwoViewGeometryOptions()
+    options.ransac.random_seed = seed
     options.ransac.max_num_trials = 20000
     options.ransac.min_inlier_ratio = 0.1
     options.ransac.max_error = max_error
@@ -136,7 +137,7 @@ def verify_matches(database: str | Path, pairs_path: str | Path, max_error: floa
 def build_database(database: Path, image_dir: str | Path, names: Sequence[str], features_path: str | Path,
                    matches_path: str | Path, pairs: Sequence[Pair], pairs_path: Path,
                    camera_mode: str = "per-image", camera_model: str = "SIMPLE_RADIAL",
-                   camera_params: Sequence[float] | None = None) -> None:
+                   camera_params: Sequence[float] | None = None, seed: int = 0) -> None:
     """A new COLMAP database (an old one at that path, with its ``-wal`` and ``-shm`` files, is
     removed) with the images and cameras (``create_database``), keypoints and raw matches of
     ``pairs``, verified by COLMAP; ``pairs`` are written to ``pairs_path`` for the verification."""
@@ -146,7 +147,7 @@ def build_database(database: Path, image_dir: str | Path, names: Sequence[str], 
     ids = create_database(database, image_dir, names, camera_mode, camera_model, camera_params)
     import_features(database, ids, features_path)
     import_matches(database, ids, matches_path, pairs)
-    verify_matches(database, pairs_path)
+    verify_matches(database, pairs_path, seed=seed)
 
 
 def verified_pairs(database: str | Path) -> dict[tuple[str, str], int]:

@@ -4,12 +4,13 @@ exhaustive matching with default options, as a new user would run them; then the
 length, mean reprojection error, and for the fountain the camera-centre error after a similarity fit
 to the ground truth (mean distance, in % of the largest distance between ground-truth centres).
 
-    python benchmarks/sfm.py [--sets sacre_coeur fountain london_bridge piazza_san_marco] [--out DIR]
+    python benchmarks/sfm.py [--sets sacre_coeur fountain london_bridge piazza_san_marco] [--seeds K] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import tempfile
 import time
@@ -64,7 +65,7 @@ def mapper_conf(spec: dict, threads: int) -> dict:
     return conf
 
 
-def sift_baseline(spec: dict, names: list[str], work: Path, threads: int):
+def sift_baseline(spec: dict, names: list[str], work: Path, conf: dict):
     database = work / "database.db"
     reader = pycolmap.ImageReaderOptions()
     mode = pycolmap.CameraMode.PER_IMAGE
@@ -72,12 +73,16 @@ def sift_baseline(spec: dict, names: list[str], work: Path, threads: int):
         model, params = spec["intrinsics"].split()
         reader.camera_model, reader.camera_params, mode = model, params, pycolmap.CameraMode.SINGLE
     extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = threads
+    extraction.num_threads = conf["threads"]
     with quiet_colmap():
         pycolmap.extract_features(database, spec["dir"], names, mode, reader, extraction, device=pycolmap.Device.cpu)
-        pycolmap.match_exhaustive(database, device=pycolmap.Device.cpu)
+        matching = pycolmap.FeatureMatchingOptions()
+        matching.num_threads = conf["threads"]
+        verification = pycolmap.TwoViewGeometryOptions()
+        verification.ransac.random_seed = conf["seed"]
+        pycolmap.match_exhaustive(database, matching, verification_options=verification, device=pycolmap.Device.cpu)
     (work / "models").mkdir()
-    models = incremental_mapping(database, spec["dir"], work / "models", mapper_conf(spec, threads), len(names), False)
+    models = incremental_mapping(database, spec["dir"], work / "models", conf, len(names), False)
     return models[0] if models else None
 
 
@@ -85,33 +90,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", nargs="+", default=list(sets()), choices=list(sets()))
     parser.add_argument("--out", type=Path, default=None, help="keep the outputs here (default: a temporary folder)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="1 makes each run repeat exactly")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per set and method, seeds 0, 1, ... (default: 1)")
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="keynet-sfm-"))
     rows = []
     for name in args.sets:
         spec = sets()[name]
         names = names_of(spec)
-        for method in ("pycolmap SIFT", "keynet sfm"):
+        for seed, method in itertools.product(range(args.seeds), ("pycolmap SIFT", "keynet sfm")):
+            conf = {**mapper_conf(spec, args.threads), "seed": seed}
             work = root / name / method.split()[0]
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             start = time.perf_counter()
             if method == "keynet sfm":
-                model, _ = run_sfm(spec["dir"], names, work, mapper_conf(spec, args.threads), progress=False)
+                model, _ = run_sfm(spec["dir"], names, work, conf, progress=False)
             else:
-                model = sift_baseline(spec, names, work, args.threads)
+                model = sift_baseline(spec, names, work, conf)
             seconds = time.perf_counter() - start
             s = model_stats(model)
             err = centre_error(model, spec["gt"]) if "gt" in spec and model is not None else float("nan")
-            rows.append((name, method, f"{s['registered']}/{len(names)}", s["points"], s["track_length"],
+            rows.append((name, method, seed, f"{s['registered']}/{len(names)}", s["points"], s["track_length"],
                          s["reprojection_error"], err, seconds))
             print(*rows[-1], sep=" | ", flush=True)
-    print("\n| set | method | registered | 3D points | track length | reproj. error (px) | centre error (% extent) | time (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| set | method | seed | registered | 3D points | track length | reproj. error (px) | centre error (% extent) | time (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:,} | {r[4]:.2f} | {r[5]:.2f} | "
-              f"{'–' if np.isnan(r[6]) else f'{r[6]:.3f}'} | {r[7]:.0f} |")
+        cells = ["–" if np.isnan(v) else f"{v:{f}}" for v, f in ((r[5], ".2f"), (r[6], ".2f"), (r[7], ".3f"))]
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:,} | {' | '.join(cells)} | {r[8]:.0f} |")
 
 
 if __name__ == "__main__":

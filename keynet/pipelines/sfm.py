@@ -33,7 +33,7 @@ default_conf: dict[str, Any] = {
     "num_keypoints": 4096,
     "orientation": "upright",  # photos of a collection are mostly upright: gradient if they turn
     "descriptor": "rootsift",
-    "matcher": "smnn",
+    "matcher": "mnn",
     "ratio": 0.9,
     "pairs": "exhaustive",  # exhaustive, sequential:K, or a pairs file
     "camera_mode": "per-image",  # or single

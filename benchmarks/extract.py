@@ -84,12 +84,14 @@ def main() -> None:
     extractors = {
         "Key.Net": Extractor(num_keypoints=n),
         "Key.Net + HardTFeat": Extractor(num_keypoints=n, descriptor="hardtfeat"),
+        "Key.Net + keynet": Extractor(num_keypoints=n, descriptor="keynet"),
         "Tiny-Key.Net": Extractor(num_keypoints=n, model="tiny"),
     }
     methods: dict[str, Callable[[np.ndarray], object]] = {
         "Key.Net detection": extractors["Key.Net"].detector.detect,
         "Key.Net + gradient + SIFT": extractors["Key.Net"].extract,
         "Key.Net + gradient + HardTFeat": extractors["Key.Net + HardTFeat"].extract,
+        "Key.Net + gradient + keynet desc.": extractors["Key.Net + keynet"].extract,
         "Tiny-Key.Net detection": extractors["Tiny-Key.Net"].detector.detect,
         "Tiny-Key.Net + gradient + SIFT": extractors["Tiny-Key.Net"].extract,
         "OpenCV SIFT detect+compute": opencv_sift(n),

@@ -142,7 +142,7 @@ def test_help_lists_every_subcommand_and_version() -> None:
     from keynet.cli import SUBCOMMANDS
 
     r = keynet("--help")
-    assert r.returncode == 0 and all(f"    {name} " in r.stdout for name in SUBCOMMANDS)
+    assert r.returncode == 0 and all(f"    {name.replace('_', '-')} " in r.stdout for name in SUBCOMMANDS)
     assert keynet("--version").stdout.strip() == f"keynet {__version__}"
 
 
@@ -158,6 +158,7 @@ def test_help_lists_every_subcommand_and_version() -> None:
     (["eval", "--data", "/nonexistent", "--detector", "sift", "--out", "{tmp}/ev"], ["not found"]),
     (["detect", "/nonexistent", "--out", "{tmp}/det"], ["no such file"]),
     (["export", "/proc/x.onnx"], ["/proc/x.onnx"]),
+    (["train-descriptor", "--images", "/nonexistent", "--out", "{tmp}/d"], ["--images"]),
 ])
 def test_every_command_says_what_is_wrong_in_one_line(args: list[str], words: list[str], tmp_path: Path) -> None:
     one_line_error(keynet(*[a.format(tmp=tmp_path) for a in args]), *words)

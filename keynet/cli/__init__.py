@@ -18,7 +18,7 @@ import sys
 
 from .common import CLIError
 
-SUBCOMMANDS = ("detect", "extract", "merge", "match", "colmap", "sfm", "export", "train", "eval")
+SUBCOMMANDS = ("detect", "extract", "merge", "match", "colmap", "sfm", "export", "train", "train_descriptor", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"{__name__}.{name}")
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(name.replace("_", "-"), help=module.HELP, description=module.HELP)
         p.set_defaults(_main=module.main)
         module.add_arguments(p)
     return parser

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--descriptor", default="sift",
         help="descriptor for the matching metrics, the same for every detector: sift (default, "
-        "OpenCV SIFT), rootsift, hardtfeat (AffNet's HardTFeat weights in the shared data), "
+        "OpenCV SIFT), rootsift, keynet (keynet's own HardNet, shipped), hardtfeat (AffNet's HardTFeat weights in the shared data), "
         "ARCH:PATH with ARCH tfeat, hardnet, sosnet or hynet, or a weights file",
     )  # fmt: skip
     parser.add_argument(

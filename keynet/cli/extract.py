@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", type=Path, help="image folder (searched recursively); h5 names are paths relative to it")
     p.add_argument("--out", type=Path, required=True, help="the features.h5 file (created, or resumed if it exists)")
     p.add_argument("--descriptor", default="sift",
-                   help="sift (default), rootsift, hardtfeat (AffNet's HardTFeat in the shared data), "
+                   help="sift (default), rootsift, keynet (keynet's own HardNet, shipped), hardtfeat (AffNet's HardTFeat in the shared data), "
                         "ARCH:PATH with ARCH tfeat, hardnet, sosnet or hynet, or a weights file PATH")
     p.add_argument("--orientation", default="gradient",
                    help="gradient (default; SIFT's dominant gradient), orinet[:PATH] (AffNet's OriNet) or upright")

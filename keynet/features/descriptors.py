@@ -93,6 +93,7 @@ class SIFTDescriptor:
 
 # kornia architectures a weights file can be loaded into (all take 32x32 patches, give 128 floats).
 ARCHITECTURES = ("tfeat", "hardnet", "sosnet", "hynet")
+SHIPPED_DESCRIPTOR = Path(__file__).resolve().parents[1] / "weights" / "descriptor.pth"
 
 
 def _kornia_net(arch: str) -> nn.Module:
@@ -149,9 +150,11 @@ class PatchDescriptor:
 
     patch_size = 32
 
-    def __init__(self, name: str, net: nn.Module, device: str | torch.device = "cpu", batch: int = 1024) -> None:
+    def __init__(self, name: str, net: nn.Module, device: str | torch.device = "cpu", batch: int = 1024,
+                 bfloat16: bool = False) -> None:
         self.name = name
         self.device = torch.device(device)
+        self.bfloat16 = bfloat16 and self.device.type == "cpu"  # autocast: convolutions in bfloat16
         self.net = net.eval().to(self.device)
         self.batch = batch
         with torch.inference_mode():
@@ -161,27 +164,41 @@ class PatchDescriptor:
     def compute(
         self, image: np.ndarray, keypoints: np.ndarray, scales: np.ndarray, angles: np.ndarray | None = None
     ) -> np.ndarray:
-        import kornia.feature as KF
-
-        from .lafs import features_to_lafs
-
         if len(keypoints) == 0:
             return np.zeros((0, self.dim), np.float32)
-        img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device)
-        lafs = features_to_lafs(keypoints, scales, angles).to(self.device)
-        patches = KF.extract_patches_from_pyramid(img, lafs[None], PS=self.patch_size)[0]
-        desc = torch.cat([self.net(chunk) for chunk in patches.split(self.batch)])
-        return torch.nn.functional.normalize(desc, dim=1).float().cpu().numpy()
+        patches = extract_patches(image, keypoints, scales, angles, self.patch_size, self.device)
+        with torch.autocast("cpu", torch.bfloat16, enabled=self.bfloat16):
+            desc = torch.cat([self.net(chunk) for chunk in patches.split(self.batch)])
+        return torch.nn.functional.normalize(desc.float(), dim=1).cpu().numpy()
+
+
+def extract_patches(image: np.ndarray, keypoints: np.ndarray, scales: np.ndarray, angles: np.ndarray | None = None,
+                    patch_size: int = 32, device: str | torch.device = "cpu") -> torch.Tensor:
+    """(N, 1, P, P) float32 patches of an (H, W) image over ``[-r, r]^2`` of each keypoint's frame
+    rotated by its angle (degrees, OpenCV's sense), by kornia's ``extract_patches_from_pyramid``."""
+    import kornia.feature as KF
+
+    from .lafs import features_to_lafs
+
+    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    lafs = features_to_lafs(keypoints, scales, angles).to(device)
+    return KF.extract_patches_from_pyramid(img, lafs[None], PS=patch_size)[0]
 
 
 def make_descriptor(spec: str, device: str | torch.device = "cpu") -> Descriptor:
-    """A descriptor from a spec: ``sift``, ``rootsift``, ``hardtfeat`` (AffNet's HardTFeat weights in
-    the shared data), ``ARCH:PATH`` with ARCH in ``ARCHITECTURES``, or a weights file ``PATH`` (the
+    """A descriptor from a spec: ``sift``, ``rootsift``, ``keynet`` (the HardNet network trained by
+    ``keynet train-descriptor`` and shipped in the package; bfloat16 on CPUs that run it natively),
+    ``hardtfeat`` (AffNet's HardTFeat weights in the shared data), ``ARCH:PATH`` with ARCH in ``ARCHITECTURES``, or a weights file ``PATH`` (the
     architecture found from its parameters)."""
     from keynet.paths import shared_data_dir
 
     if spec in ("sift", "rootsift"):
         return SIFTDescriptor(root=spec == "rootsift")
+    if spec == "keynet":
+        from keynet.inference import native_bfloat16
+
+        return PatchDescriptor(spec, load_patch_network(SHIPPED_DESCRIPTOR, "hardnet")[1], device,
+                               bfloat16=native_bfloat16())
     if spec == "hardtfeat":
         return PatchDescriptor(spec, load_patch_network(shared_data_dir() / "weights" / "affnet" / "HardTFeat.pth", "tfeat")[1], device)
     arch, sep, path = spec.partition(":")
@@ -190,5 +207,5 @@ def make_descriptor(spec: str, device: str | torch.device = "cpu") -> Descriptor
     if Path(spec).is_file():
         arch, net = load_patch_network(spec)
         return PatchDescriptor(f"{arch}:{spec}", net, device)
-    raise ValueError(f"unknown descriptor {spec!r}; use sift, rootsift, hardtfeat, ARCH:PATH "
+    raise ValueError(f"unknown descriptor {spec!r}; use sift, rootsift, keynet, hardtfeat, ARCH:PATH "
                      f"(ARCH one of {', '.join(ARCHITECTURES)}) or a weights file")

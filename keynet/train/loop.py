@@ -247,22 +247,23 @@ class CsvLog:
     """Append-only CSV log; on resume, rows after the checkpoint's step are dropped (they were
     written by the part of the run that is being redone)."""
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
+    def __init__(self, path: Path, resume_step: int | None, fields: tuple[str, ...] = CSV_FIELDS) -> None:
         self.path = path
+        self.fields = fields
         rows = []
         if resume_step is not None and path.is_file():
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, CSV_FIELDS)
+            w = csv.DictWriter(f, fields)
             w.writeheader()
             w.writerows(rows)
         os.replace(tmp, path)
 
     def write(self, **row: Any) -> None:
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, CSV_FIELDS).writerow({k: ("" if v is None else v) for k, v in row.items()})
+            csv.DictWriter(f, self.fields).writerow({k: ("" if v is None else v) for k, v in row.items()})
 
 
 def _dist_info() -> tuple[int, int]:

@@ -1,0 +1,90 @@
+"""``keynet train-descriptor``: train a HardNet patch descriptor for Key.Net keypoints on synthetic
+homography pairs of any photo folder (``keynet.train.descriptor``).
+
+Examples::
+
+    keynet train-descriptor --out runs/descriptor --export keynet/weights/descriptor.pth
+    keynet train-descriptor --out runs/descriptor --resume     # continue after a kill
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from keynet.train.descriptor import DescriptorTrainConfig
+from keynet.train.synthesis import HOMOGRAPHY_PRESETS
+
+from .common import CLIError, guard_outputs, output_file_parent
+
+HELP = "train a patch descriptor (HardNet architecture) for Key.Net keypoints on synthetic homography pairs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = DescriptorTrainConfig()
+    a = parser.add_argument
+    a("--out", dest="out_dir", default=d.out_dir, help="run folder: patches_*.npz, last.pt, best.pt, log.csv, curves.png (default: %(default)s)")
+    a("--images", dest="image_dir", default=d.image_dir, help="folder of training photos (default: <data>/train_images)")
+    a("--cache-dir", default=d.cache_dir, help="cache of synthetic image pairs (default: <out>/../pair_cache)")
+    a("--num-pairs", type=int, default=d.num_pairs, help="synthetic image pairs for training (default: %(default)s)")
+    a("--num-val-pairs", type=int, default=d.num_val_pairs, help="image pairs of the held-out photos (default: %(default)s)")
+    a("--crop", type=int, default=d.crop, help="crop side, px (default: %(default)s)")
+    a("--preset", choices=sorted(HOMOGRAPHY_PRESETS), default=d.preset, help="homography ranges (default: %(default)s)")
+    a("--num-keypoints", type=int, default=d.num_keypoints, help="Key.Net keypoints per crop (default: %(default)s)")
+    a("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
+    a("--batch-size", type=int, default=d.batch_size, help="patch pairs per step (default: %(default)s)")
+    a("--lr", type=float, default=d.lr, help="Adam learning rate, cosine decay to 1/100 (default: %(default)s)")
+    a("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
+    a("--margin", type=float, default=d.margin, help="triplet margin (default: %(default)s)")
+    a("--seed", type=int, default=d.seed, help="seeds pairs, initialisation and data order (default: %(default)s)")
+    a("--threads", type=int, default=d.threads, help="torch CPU threads (default: all cores)")
+    a("--val-every", type=int, default=d.val_every, help="steps between validation + checkpoint (default: %(default)s)")
+    a("--log-every", type=int, default=d.log_every, help="steps between CSV rows (default: %(default)s)")
+    a("--max-steps", type=int, default=d.max_steps, help="stop after this many steps, 0 = all epochs (default: %(default)s)")
+    a("--max-minutes", type=float, default=d.max_minutes, help="wall-time budget of the training loop, 0 = none (default: %(default)s)")
+    a("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    a("--resume", action="store_true", help="continue from <out>/last.pt (same options required)")
+    a("--export", default="", help="after training, write the best network with its recipe to this .pth file")
+    a("--overwrite", action="store_true", help="start a new run in an --out folder that holds one, and replace an existing --export file")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from keynet.native import cpu_description
+    from keynet.train.descriptor import export_descriptor, train_descriptor
+
+    conf = DescriptorTrainConfig(**{f.name: getattr(args, f.name) for f in fields(DescriptorTrainConfig)})
+    if not conf.data_dir().is_dir():
+        raise CLIError(f"training photos not found: {conf.data_dir()} is not a folder; pass --images DIR")
+    run = Path(conf.out_dir)
+    if not args.resume and (run / "last.pt").exists() and not args.overwrite:
+        raise CLIError(f"{run} holds a training run (last.pt); pass --resume to continue it or --overwrite to start over")
+    if not args.resume:
+        for stale in ("last.pt", "best.pt", "log.csv"):
+            (run / stale).unlink(missing_ok=True)
+    if args.export:
+        guard_outputs([Path(args.export)], [], args.overwrite)
+        output_file_parent(Path(args.export), "--export")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        summary = train_descriptor(conf, resume=args.resume, progress=args.progress)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if args.export:
+        recipe = {
+            "command": shlex.join(["keynet", *sys.argv[1:]]) if sys.argv[0].endswith("keynet") else shlex.join(["python", "-m", "keynet.cli", *sys.argv[1:]]),
+            "args": asdict(conf),
+            "wall_time_s": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
+            "steps": summary["steps"],
+            "patch_pairs": summary["patch_pairs"],
+            "best": summary["best"],
+            "torch": torch.__version__,
+            "machine": f"{cpu_description()}, {torch.get_num_threads()} threads",
+        }
+        print(f"wrote {export_descriptor(Path(conf.out_dir) / 'best.pt', args.export, recipe)}")
+    return 0

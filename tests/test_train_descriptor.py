@@ -1,0 +1,134 @@
+"""Descriptor training (``keynet train-descriptor``): keypoints mapped through the homography,
+HardNet's loss on hand-made cases, corresponding patches, a few training steps on synthetic photos
+(loss falls, resume continues the same run, the export loads as ``hardnet:PATH``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from keynet.cli import train_descriptor as cli
+from keynet.features.descriptors import make_descriptor
+from keynet.train.descriptor import DescriptorTrainConfig, hardest_triplet_loss, map_keypoints, train_descriptor
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train_loop import read_csv  # noqa: E402
+from test_train_synthesis import textured_image  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for i in range(8):
+        cv2.imwrite(str(folder / f"im{i}.png"), textured_image(200 + i, 200, 240))
+    return folder
+
+
+def small_conf(image_dir: Path, out: Path, **kw) -> DescriptorTrainConfig:
+    base = DescriptorTrainConfig(out_dir=str(out), image_dir=str(image_dir), cache_dir=str(out.parent / "cache"),
+                                 num_pairs=12, num_val_pairs=4, crop=128, num_keypoints=64, epochs=20, batch_size=32,
+                                 lr=1e-3, val_every=5, log_every=1, threads=2, seed=3)
+    return replace(base, **kw)
+
+
+def test_map_keypoints_matches_opencv_and_the_area_change():
+    rng = np.random.default_rng(0)
+    h = np.array([[1.3, 0.2, 5.0], [-0.1, 0.9, -3.0], [1e-3, -5e-4, 1.0]])
+    kps = rng.uniform(0, 100, (20, 2))
+    mapped, radii = map_keypoints(h, kps, np.full(20, 4.0))
+    np.testing.assert_allclose(mapped, cv2.perspectiveTransform(kps[None], h)[0], atol=1e-9)
+    # radius ratio = sqrt of the area ratio of a tiny square, its corners mapped by OpenCV (shoelace area)
+    eps = 1e-4
+    for (x, y), r in zip(kps, radii):
+        square = np.array([[[x, y], [x + eps, y], [x + eps, y + eps], [x, y + eps]]])
+        q = cv2.perspectiveTransform(square, h)[0]
+        area = 0.5 * abs(np.dot(q[:, 0], np.roll(q[:, 1], -1)) - np.dot(q[:, 1], np.roll(q[:, 0], -1))) / eps**2
+        assert r == pytest.approx(4.0 * np.sqrt(area), rel=1e-3)
+    # a pure zoom by 2 doubles the radii
+    assert np.allclose(map_keypoints(np.diag([2.0, 2.0, 1.0]), kps, np.ones(20))[1], 2.0)
+
+
+def test_hardest_triplet_loss_by_hand():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # p0 = a0, p1 at 90 degrees from a1 and equal to a0: d(a1,p1) = sqrt(2), hardest negative of a1 is p0 at sqrt(2)
+    p = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    # row 0: pos 0, negatives d(a0, p1) = 0 and d(a1, p0) = sqrt(2) -> 0;  max(0, 1 + 0 - 0) = 1
+    # row 1: pos sqrt(2), negatives d(a1, p0) = sqrt(2), d(a0, p1) = 0 -> 0; max(0, 1 + sqrt(2) - 0)
+    expected = (1.0 + (1.0 + np.sqrt(2.0))) / 2
+    assert float(hardest_triplet_loss(a, p, 1.0)) == pytest.approx(expected, abs=1e-5)
+    # well separated pairs cost nothing
+    eye = torch.eye(3)
+    assert float(hardest_triplet_loss(eye, eye, 1.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_loss_falls_and_resume_continues_the_same_run(image_dir: Path, tmp_path: Path):
+    quiet = dict(progress=False, log=lambda s: None)
+    full = train_descriptor(small_conf(image_dir, tmp_path / "full"), **quiet)
+    patches = np.load(tmp_path / "full" / "patches_train.npz")
+    assert patches["anchor"].shape[1:] == (32, 32) and len(patches["anchor"]) == len(patches["positive"]) >= 32
+    # corresponding patches are alike: their correlation beats that of shuffled pairs
+    a, p = (patches[k].reshape(len(patches[k]), -1).astype(np.float64) for k in ("anchor", "positive"))
+    corr = lambda x, y: np.mean([np.corrcoef(u, v)[0, 1] for u, v in zip(x, y)])  # noqa: E731
+    assert corr(a, p) > corr(a, np.roll(p, 7, axis=0)) + 0.2
+    losses = [float(r["loss"]) for r in read_csv(tmp_path / "full" / "log.csv") if r["loss"]]
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    for name in ("last.pt", "best.pt", "log.csv", "curves.png"):
+        assert (tmp_path / "full" / name).is_file()
+
+    # the same run, stopped after step 5 and resumed, ends with the same weights
+    steps = full["steps"]
+    train_descriptor(small_conf(image_dir, tmp_path / "split", max_steps=5), **quiet)
+    resumed = train_descriptor(small_conf(image_dir, tmp_path / "split"), resume=True, **quiet)
+    assert resumed["steps"] == steps
+    x = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["net"]
+    y = torch.load(tmp_path / "split" / "last.pt", weights_only=False)["net"]
+    for k in x:
+        assert torch.allclose(x[k], y[k], atol=1e-6), k
+    with pytest.raises(ValueError, match="other settings"):
+        train_descriptor(small_conf(image_dir, tmp_path / "split", lr=1e-2), resume=True, **quiet)
+
+
+def test_cli_exports_a_descriptor_the_extractor_loads(image_dir: Path, tmp_path: Path):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    out = tmp_path / "run"
+    args = parser.parse_args(["--out", str(out), "--images", str(image_dir), "--cache-dir", str(tmp_path / "cache"),
+                              "--num-pairs", "8", "--num-val-pairs", "4", "--crop", "128", "--num-keypoints", "64",
+                              "--epochs", "1", "--batch-size", "32", "--no-progress", "--export", str(tmp_path / "d.pth")])
+    assert cli.main(args) == 0
+    saved = torch.load(tmp_path / "d.pth", weights_only=False)
+    assert {"command", "wall_time_s", "args", "config"} <= set(saved["recipe"])
+    desc = make_descriptor(f"hardnet:{tmp_path / 'd.pth'}")
+    image = cv2.cvtColor(textured_image(9, 200, 240), cv2.COLOR_BGR2GRAY).astype(np.float32) / 255.0
+    out_desc = desc.compute(image, np.array([[100.0, 120.0], [50.0, 60.0]]), np.array([10.0, 8.0]))
+    assert out_desc.shape == (2, 128) and np.allclose(np.linalg.norm(out_desc, axis=1), 1.0, atol=1e-5)
+
+
+def test_shipped_descriptor_matches_a_real_pair(data_dir: Path):
+    import kornia.feature as KF
+
+    from keynet.features import Extractor
+    from keynet.features.descriptors import SHIPPED_DESCRIPTOR, PatchDescriptor, load_patch_network
+    from keynet.io.image import load_image
+
+    seq = data_dir / "oxford_affine" / "boat"  # zoom and rotation
+    ext = Extractor(descriptor="keynet", orientation="gradient", num_keypoints=1000)
+    a, b = ext.extract(str(seq / "img1.png")), ext.extract(str(seq / "img2.png"))
+    _, idx = KF.match_mnn(a["descriptors"], b["descriptors"])
+    h = np.loadtxt(seq / "H1to2p")
+    projected = cv2.perspectiveTransform(a["keypoints"].numpy()[idx[:, 0]][None].astype(np.float64), h)[0]
+    correct = np.linalg.norm(projected - b["keypoints"].numpy()[idx[:, 1]], axis=1) <= 3.0
+    assert len(idx) > 300 and correct.mean() > 0.6, (len(idx), correct.mean())
+    # the bfloat16 path (where the CPU has it) describes like float32
+    image = load_image(seq / "img1.png")
+    f32 = PatchDescriptor("f32", load_patch_network(SHIPPED_DESCRIPTOR, "hardnet")[1])
+    kps, scales = a["keypoints"].numpy()[:200], a["scales"].numpy()[:200]
+    cos = (ext.descriptor.compute(image, kps, scales) * f32.compute(image, kps, scales)).sum(1)
+    assert cos.min() > 0.999

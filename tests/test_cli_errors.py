@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -142,7 +143,8 @@ def test_help_lists_every_subcommand_and_version() -> None:
     from keynet.cli import SUBCOMMANDS
 
     r = keynet("--help")
-    assert r.returncode == 0 and all(f"    {name.replace('_', '-')} " in r.stdout for name in SUBCOMMANDS)
+    listed = re.findall(r"^    (\S+)\s", r.stdout, re.M)
+    assert r.returncode == 0 and listed == [name.replace("_", "-") for name in SUBCOMMANDS]
     assert keynet("--version").stdout.strip() == f"keynet {__version__}"
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from keynet.io.files import write_atomic
 from keynet.train.loop import CsvLog, atomic_save, epoch_order, git_commit
 from keynet.train.synthesis import HOMOGRAPHY_PRESETS, JitterConfig, PairConfig, load_or_generate
 
@@ -120,8 +121,6 @@ def _to_uint8(patches: torch.Tensor) -> np.ndarray:
 
 def load_or_make_patches(conf: DescriptorTrainConfig, split: str, progress: bool = True) -> dict[str, np.ndarray]:
     """The patch pairs of ``split`` ("train" or "val"), cached in the run folder as ``.npz``."""
-    import os
-
     out = Path(conf.out_dir)
     n = conf.num_pairs if split == "train" else conf.num_val_pairs
     path = out / f"patches_{split}.npz"
@@ -133,10 +132,7 @@ def load_or_make_patches(conf: DescriptorTrainConfig, split: str, progress: bool
                            jitter=JitterConfig(), seed=conf.seed, split=split)
     patches = patch_pairs(load_or_generate(conf.data_dir(), pair_conf, cache, progress), conf.num_keypoints, progress)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **patches)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: np.savez(tmp, **patches))
     return patches
 
 
@@ -272,7 +268,6 @@ def train_descriptor(conf: DescriptorTrainConfig, resume: bool = False, progress
 def write_curves(csv_path: Path, png_path: Path) -> None:
     """Loss and validation accuracy from the CSV log, as a PNG (matplotlib, Agg)."""
     import csv
-    import os
 
     import matplotlib
 
@@ -293,10 +288,8 @@ def write_curves(csv_path: Path, png_path: Path) -> None:
     axes[0].legend()
     axes[1].set(xlabel="step", ylabel="nearest-neighbour accuracy in 1000 (%)")
     fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_atomic(png_path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
-    os.replace(tmp, png_path)
 
 
 def export_descriptor(best_path: str | Path, out_path: str | Path, recipe: dict[str, Any]) -> Path:

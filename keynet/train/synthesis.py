@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
+
+from keynet.io.files import write_atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff")
 CACHE_VERSION = 1  # bump when the generator changes, so stale caches are not reused
@@ -271,8 +272,5 @@ def load_or_generate(image_dir: str | Path, conf: PairConfig, cache_dir: str | P
             return {k: f[k] for k in ("src", "dst", "H")}
     pairs = generate_pairs(images, conf, progress=progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **pairs)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: np.savez(tmp, **pairs))
     return pairs

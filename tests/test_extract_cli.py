@@ -50,6 +50,7 @@ def test_extract_resume_failures_overwrite(tmp_path: Path, data_dir: Path, capsy
     assert "failed broken.jpg: cannot decode" in err and "3 image(s) written" in err
     assert h5_names(out) == set(names)
     with h5py.File(out, "r") as fd:
+        assert "_keynet_partial" not in fd  # the scratch group of unfinished items goes once all are done
         first = fd["sub/im01.png/descriptors"][()]
         assert first.shape[0] == 128 and fd["sub/im01.png/image_size"][()].tolist() == [200, 160]
     (images / "broken.jpg").unlink()

@@ -88,7 +88,10 @@ class _KeynetH5:
         self.close()
 
     def close(self) -> None:
-        self._file.close()
+        f = self._file
+        if f and f.mode != "r" and PARTIAL in f and len(f[PARTIAL]) == 0:
+            del f[PARTIAL]  # the scratch group, empty once every item written is complete
+        f.close()
 
     def names(self) -> list[str]:
         """The items' names (images, or pairs), sorted."""

@@ -145,3 +145,33 @@ def guard_outputs(targets: Iterable[Path], inputs: Iterable[Path], overwrite: bo
     if existing and not overwrite:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
         raise CLIError(f"{existing[0]}{more} exist(s) already; pass --overwrite to replace, or choose another output")
+
+
+def run_provenance() -> dict[str, str]:
+    """For a training recipe: the command as it was typed, torch's version, the CPU and threads."""
+    import shlex
+    import sys
+
+    import torch
+
+    from keynet.native import cpu_description
+
+    # `keynet train ...` has argv [.../keynet, train, ...]; `python -m` has [.../cli.py, ...].
+    prefix = ["keynet"] if sys.argv[0].endswith("keynet") else ["python", "-m", "keynet.cli"]
+    return {"command": shlex.join([*prefix, *sys.argv[1:]]), "torch": torch.__version__,
+            "machine": f"{cpu_description()}, {torch.get_num_threads()} threads"}
+
+
+def check_training_run(conf, resume: bool, overwrite: bool, export: str) -> None:
+    """A training command's inputs and outputs (``conf`` a ``keynet.train.loop.RunFolders``): the
+    photo folder exists; a run folder holding a run is continued only with ``--resume`` or started
+    over with ``--overwrite``; ``--export`` is a new file (or ``--overwrite``) in a writable folder."""
+    image_dir = conf.resolved_image_dir()
+    if not image_dir.is_dir():
+        raise CLIError(f"training photos not found: {image_dir} is not a folder; pass --images DIR (any folder of photos)")
+    run = Path(conf.out_dir)
+    if not resume and (run / "last.pt").exists() and not overwrite:
+        raise CLIError(f"{run} holds a training run (last.pt); pass --resume to continue it or --overwrite to start over")
+    if export:
+        guard_outputs([Path(export)], [], overwrite)
+        output_file_parent(Path(export), "--export")

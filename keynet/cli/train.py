@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
-import sys
 from dataclasses import asdict, fields
 
-from pathlib import Path
 
 from keynet.train.loop import TrainConfig
 from keynet.train.synthesis import HOMOGRAPHY_PRESETS
 
-from .common import CLIError, guard_outputs, output_file_parent
+from .common import CLIError, check_training_run, run_provenance
 
 HELP = "train Key.Net / Tiny-Key.Net on synthetic homography pairs"
 _DEFAULTS = TrainConfig()
@@ -75,29 +72,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
 
-    from keynet.native import cpu_description
     from keynet.train.loop import export_weights, git_commit, train
 
     conf = config_from_args(args)
-    image_dir = conf.resolved_image_dir()
-    if not image_dir.is_dir():
-        raise CLIError(f"training photos not found: {image_dir} is not a folder; pass --images DIR (any folder of photos)")
-    run = Path(conf.out_dir)
-    if not args.resume and (run / "last.pt").exists() and not args.overwrite:
-        raise CLIError(f"{run} holds a training run (last.pt); pass --resume to continue it or --overwrite to start over")
-    if args.export:
-        guard_outputs([Path(args.export)], [], args.overwrite)
-        output_file_parent(Path(args.export), "--export")
+    check_training_run(conf, args.resume, args.overwrite, args.export)
     try:
         summary = train(conf, resume=args.resume)
     except ValueError as e:  # options that do not fit together or the checkpoint being resumed
         raise CLIError(str(e)) from None
     if args.export and summary["rank"] == 0:
         recipe = {
-            # `keynet train ...` has argv [.../keynet, train, ...]; `python -m` has [.../cli.py, ...].
-            "command": shlex.join(["keynet", *sys.argv[1:]]) if sys.argv[0].endswith("keynet") else shlex.join(["python", "-m", "keynet.cli", *sys.argv[1:]]),
+            **run_provenance(),
             "args": asdict(conf),
             "seed": conf.seed,
             "git_commit": git_commit(),
@@ -105,8 +91,6 @@ def main(args: argparse.Namespace) -> int:
             "pair_synthesis_s": round(summary["data_s"], 1),
             "steps": summary["steps"],
             "world_size": summary["world_size"],
-            "torch": torch.__version__,
-            "machine": f"{cpu_description()}, {torch.get_num_threads()} threads",
             "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         path = export_weights(summary["best_path"], args.export, recipe)

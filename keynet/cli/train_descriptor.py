@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
-import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
 from keynet.train.descriptor import DescriptorTrainConfig
 from keynet.train.synthesis import HOMOGRAPHY_PRESETS
 
-from .common import CLIError, guard_outputs, output_file_parent
+from .common import CLIError, check_training_run, run_provenance
 
 HELP = "train a patch descriptor (HardNet architecture) for Key.Net keypoints on synthetic homography pairs"
 
@@ -53,23 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
-    from keynet.native import cpu_description
     from keynet.train.descriptor import export_descriptor, train_descriptor
 
     conf = DescriptorTrainConfig(**{f.name: getattr(args, f.name) for f in fields(DescriptorTrainConfig)})
-    if not conf.data_dir().is_dir():
-        raise CLIError(f"training photos not found: {conf.data_dir()} is not a folder; pass --images DIR")
+    check_training_run(conf, args.resume, args.overwrite, args.export)
     run = Path(conf.out_dir)
-    if not args.resume and (run / "last.pt").exists() and not args.overwrite:
-        raise CLIError(f"{run} holds a training run (last.pt); pass --resume to continue it or --overwrite to start over")
     if not args.resume:
         for stale in ("last.pt", "best.pt", "log.csv"):
             (run / stale).unlink(missing_ok=True)
-    if args.export:
-        guard_outputs([Path(args.export)], [], args.overwrite)
-        output_file_parent(Path(args.export), "--export")
     started = datetime.datetime.now(datetime.timezone.utc)
     try:
         summary = train_descriptor(conf, resume=args.resume, progress=args.progress)
@@ -77,14 +66,12 @@ def main(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     if args.export:
         recipe = {
-            "command": shlex.join(["keynet", *sys.argv[1:]]) if sys.argv[0].endswith("keynet") else shlex.join(["python", "-m", "keynet.cli", *sys.argv[1:]]),
+            **run_provenance(),
             "args": asdict(conf),
             "wall_time_s": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
             "steps": summary["steps"],
             "patch_pairs": summary["patch_pairs"],
             "best": summary["best"],
-            "torch": torch.__version__,
-            "machine": f"{cpu_description()}, {torch.get_num_threads()} threads",
         }
-        print(f"wrote {export_descriptor(Path(conf.out_dir) / 'best.pt', args.export, recipe)}")
+        print(f"wrote {export_descriptor(run / 'best.pt', args.export, recipe)}")
     return 0

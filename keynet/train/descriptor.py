@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from keynet.io.files import write_atomic
-from keynet.train.loop import CsvLog, atomic_save, epoch_order, git_commit
+from keynet.train.loop import CsvLog, RunFolders, atomic_save, epoch_order, git_commit
 from keynet.train.synthesis import HOMOGRAPHY_PRESETS, JitterConfig, PairConfig, load_or_generate
 
 CSV_FIELDS = ("step", "epoch", "wall_s", "lr", "loss", "val_loss", "val_accuracy")
@@ -36,7 +36,7 @@ PATCH = 32
 
 
 @dataclass
-class DescriptorTrainConfig:
+class DescriptorTrainConfig(RunFolders):
     """Everything that defines a descriptor training run (stored in its checkpoints and weights)."""
 
     out_dir: str = "runs/descriptor"
@@ -58,11 +58,6 @@ class DescriptorTrainConfig:
     log_every: int = 20
     max_steps: int = 0  # 0: all epochs
     max_minutes: float = 0.0  # wall-time budget of the training loop, 0 = none
-
-    def data_dir(self) -> Path:
-        from keynet.paths import shared_data_dir
-
-        return Path(self.image_dir) if self.image_dir else shared_data_dir() / "train_images"
 
 
 # ------------------------------------------------------------------------------------------ patches
@@ -127,10 +122,9 @@ def load_or_make_patches(conf: DescriptorTrainConfig, split: str, progress: bool
     if path.is_file():
         with np.load(path) as f:
             return {k: f[k] for k in ("anchor", "positive", "pair")}
-    cache = Path(conf.cache_dir) if conf.cache_dir else out.parent / "pair_cache"
     pair_conf = PairConfig(num_pairs=n, crop=conf.crop, homography=HOMOGRAPHY_PRESETS[conf.preset],
                            jitter=JitterConfig(), seed=conf.seed, split=split)
-    patches = patch_pairs(load_or_generate(conf.data_dir(), pair_conf, cache, progress), conf.num_keypoints, progress)
+    patches = patch_pairs(load_or_generate(conf.resolved_image_dir(), pair_conf, conf.resolved_cache_dir(), progress), conf.num_keypoints, progress)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: np.savez(tmp, **patches))
     return patches
@@ -160,7 +154,7 @@ def validate(net: torch.nn.Module, val: dict[str, np.ndarray], margin: float, ch
     was = net.training
     net.eval()
     losses, hits, count = [], 0, 0
-    for start in range(0, len(val["anchor"]) - 1, chunk):
+    for start in range(0, len(val["anchor"]) - 1, chunk):  # (a last chunk of one pair has no negative: skipped)
         idx = np.arange(start, min(start + chunk, len(val["anchor"])))
         a, p = net(_batch(val["anchor"], idx)), net(_batch(val["positive"], idx))
         losses.append(float(hardest_triplet_loss(a, p, margin)) * len(idx))

@@ -7,7 +7,7 @@
 - Model selection uses the Key.Net repeatability (multi-scale detector, top 1000) on a real sequence
   (HPatches ``v_dogman`` by default); the synthetic 384 px validation pairs give a validation loss
   for the log only (it ranked runs the wrong way round in a prototype).
-- Checkpoints and logs are written to a temporary file and moved into place (``os.replace``).
+- Checkpoints and logs are written to a temporary file and moved into place (``keynet.io.files.write_atomic``).
 - Distributed data parallel when started by ``torchrun`` (gloo backend on CPU): every rank takes
   its share of each global batch; rank 0 validates and writes files.
 """
@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ..detector import KeyNetDetector
 from ..eval.datasets import load_dataset
 from ..eval.protocols import keynet_repeatability
+from ..io.files import write_atomic
 from ..io.image import load_image
 from ..model import KeyNet, build_model
 from ..paths import shared_data_dir
@@ -42,8 +43,23 @@ from .synthesis import HOMOGRAPHY_PRESETS, JitterConfig, PairConfig, load_or_gen
 CSV_FIELDS = ("step", "epoch", "wall_s", "lr", "loss", "score_max", "pos_share", "val_loss", "val_rep_SL", "val_rep_L")
 
 
+class RunFolders:
+    """Defaults of a training run's folders, for configs with ``image_dir``, ``cache_dir`` and
+    ``out_dir`` fields (the detector's ``TrainConfig`` and the descriptor's)."""
+
+    image_dir: str
+    cache_dir: str
+    out_dir: str
+
+    def resolved_image_dir(self) -> Path:
+        return Path(self.image_dir) if self.image_dir else shared_data_dir() / "train_images"
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.out_dir).parent / "pair_cache"
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RunFolders):
     """Every option of a run. Defaults and their sources:
 
     - batch 32, lr 1e-3, Adam, 25 epochs, step decay x0.7 every 10 epochs, border 16, 192 px
@@ -94,12 +110,6 @@ class TrainConfig:
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored in the checkpoint
 
-    def resolved_image_dir(self) -> Path:
-        return Path(self.image_dir) if self.image_dir else shared_data_dir() / "train_images"
-
-    def resolved_cache_dir(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else Path(self.out_dir).parent / "pair_cache"
-
 
 # Options that must match for a resumed run to be the same run.
 _RESUME_KEYS = ("model", "image_dir", "preset", "num_pairs", "crop", "epochs", "batch_size", "lr", "lr_schedule",
@@ -140,11 +150,9 @@ def epoch_order(seed: int, epoch: int, num_pairs: int) -> torch.Tensor:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace`` (never a partial file)."""
+    """``torch.save`` through ``write_atomic`` (a temporary file renamed: never a partial file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def git_commit() -> str:
@@ -237,10 +245,8 @@ def write_plot(csv_path: Path, png_path: Path) -> None:
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("repeatability (real validation sequence)")
     fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_atomic(png_path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
-    os.replace(tmp, png_path)
 
 
 class CsvLog:
@@ -254,12 +260,14 @@ class CsvLog:
         if resume_step is not None and path.is_file():
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fields)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fields)
+                w.writeheader()
+                w.writerows(rows)
+
+        write_atomic(path, write)
 
     def write(self, **row: Any) -> None:
         with open(self.path, "a", newline="") as f:

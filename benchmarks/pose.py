@@ -89,6 +89,7 @@ def main() -> None:
             (kp0, d0), (kp1, d1) = feats[pair.name0], feats[pair.name1]
             m = matches_to_pairs(matcher.match(d0, d1)[0])
             matches[pair.name0, pair.name1] = kp0[m[:, 0]], kp1[m[:, 1]]
+        count = np.median([len(x0) for x0, _ in matches.values()])
         for estimator, method in estimators.items():
             errors, inliers = [], []
             for pair in pairs:
@@ -98,9 +99,9 @@ def main() -> None:
                 errors.append(pose_error(*(pose or (None, None)), pair.R, pair.t))
                 inliers.append(g.num_inliers)
             auc = [100 * a for a in pose_auc(errors)]
-            count = np.median([len(x0) for x0, _ in matches.values()])
             print(f"| {label} | {estimator} | {auc[0]:.1f} | {auc[1]:.1f} | {auc[2]:.1f} | {count:.0f} | "
                   f"{np.median(inliers):.0f} | {seconds:.0f} |", flush=True)
+
 
 if __name__ == "__main__":
     main()

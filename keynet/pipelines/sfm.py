@@ -85,8 +85,8 @@ def incremental_mapping(database: Path, image_dir: Path, models_dir: Path, conf:
         options.ba_refine_extra_params = False
         options.ba_refine_principal_point = False
 
-    def size(models):
-        return (models[0].num_reg_images(), models[0].num_points3D()) if models else (0, 0)
+    def size(reconstruction) -> tuple[int, int]:
+        return reconstruction.num_reg_images(), reconstruction.num_points3D()
 
     best: list = []
     # The mapper's callbacks fire on each registration attempt, so the bar counts attempts, not images.
@@ -97,10 +97,10 @@ def incremental_mapping(database: Path, image_dir: Path, models_dir: Path, conf:
             found = pycolmap.incremental_mapping(database, image_dir, scratch, options,
                                                  initial_image_pair_callback=lambda: bar.update(2),
                                                  next_image_callback=lambda: bar.update(1))
-        models = sorted(found.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()), reverse=True)
-        if size(models) > size(best):
+        models = sorted(found.values(), key=size, reverse=True)
+        if models and (not best or size(models[0]) > size(best[0])):
             best = models
-        if 2 * size(best)[0] >= num_images:
+        if best and 2 * best[0].num_reg_images() >= num_images:
             break
     bar.close()
     for i, model in enumerate(best):

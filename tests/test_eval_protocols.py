@@ -286,3 +286,33 @@ def test_d2net_pair_recovers_exact_homography() -> None:
     out = P.d2net_pair_metrics(ka, desc, kb, desc, H, (300, 300), np.arange(1, 11))
     assert out["num_matches"] == 60 and out["mma"].tolist() == [1.0] * 10
     assert out["corner_error"] < 1e-3
+
+
+def test_mutual_nearest_neighbours_of_keypoints_described_several_times() -> None:
+    nan = np.nan
+    # a0 at (0,0) and (5,5); a1 at (9,9) only. b0 at (5.1,5) and (1,1); b1 at (20,20) and (9,9.2).
+    a = np.array([[[0.0, 0], [5, 5]], [[9, 9], [nan, nan]]])
+    b = np.array([[[5.1, 5], [1, 1]], [[20, 20], [9, 9.2]]])
+    # Closest copies: d(a0,b0) = 0.01 (a0's 2nd, b0's 1st), d(a0,b1) = 33.64, d(a1,b0) = 31.21,
+    # d(a1,b1) = 0.04: keypoints a0-b0 and a1-b1 match, the missing copy never does.
+    assert P.mutual_nearest_neighbours(a, b).tolist() == [[0, 0], [1, 1]]
+    # one copy each: the same as plain (N, D) descriptors
+    flat_a, flat_b = np.array([[0.0, 0], [1, 0], [5, 5]]), np.array([[0.9, 0], [0.1, 0], [9, 9]])
+    assert np.array_equal(P.mutual_nearest_neighbours(flat_a[:, None], flat_b[:, None]),
+                          P.mutual_nearest_neighbours(flat_a, flat_b))
+
+
+def test_group_copies_and_back() -> None:
+    from keynet.eval.detectors import Features
+    from keynet.eval.run import group_copies
+
+    desc = np.arange(8, dtype=np.float32).reshape(4, 2)  # rows of keypoints 1, 0, 0, 2
+    grouped = group_copies(desc, np.array([1, 0, 0, 2]), 3)
+    expected = np.array([[[2, 3], [4, 5]], [[0, 1], [np.nan, np.nan]], [[6, 7], [np.nan, np.nan]]])
+    np.testing.assert_array_equal(grouped, expected)
+    assert group_copies(desc, np.arange(4), 4) is desc  # one angle each: unchanged
+    with pytest.raises(ValueError, match="at least one"):
+        group_copies(desc, np.array([0, 0, 2, 2]), 3)
+    feats = Features(np.array([[0.0, 0], [1, 1], [2, 2]]), np.ones(3), np.ones(3), grouped)
+    kps, rows = feats.copies()
+    assert kps[:, 0].tolist() == [0, 0, 1, 2] and rows[:, 0].tolist() == [2, 4, 0, 6]

@@ -85,6 +85,42 @@ def test_multiple_orientations_add_secondary_peaks(crop: np.ndarray, sift_kps) -
     assert np.all(best < 1e-3)  # the highest peak is always among them
 
 
+def test_plus_upright_adds_an_upright_copy_first(crop: np.ndarray, sift_kps) -> None:
+    xy, radii, _ = sift_kps
+    grad, _ = GradientOrientation().compute(crop, xy, radii)
+    angles, index = make_orientation("gradient+upright").compute(crop, xy, radii)
+    assert index.tolist() == np.repeat(np.arange(len(xy)), 2).tolist()
+    assert np.all(angles[0::2] == 0) and np.array_equal(angles[1::2], grad)
+
+
+def test_plus_upright_matches_like_upright_on_upright_images_and_like_gradient_on_turned_ones(
+    crop: np.ndarray, sift_kps
+) -> None:
+    from keynet.eval.protocols import mutual_nearest_neighbours
+    from keynet.eval.run import group_copies
+
+    xy, radii, _ = sift_kps
+    keep = (xy > 40).all(1) & (xy[:, 0] < crop.shape[1] - 40) & (xy[:, 1] < crop.shape[0] - 40)
+    xy, radii = xy[keep], radii[keep]
+    noisy = np.clip(crop + np.random.default_rng(0).normal(0, 0.1, crop.shape), 0, 1).astype(np.float32)
+    turned = np.ascontiguousarray(np.rot90(noisy))
+    sift = make_descriptor("sift")
+
+    def correct(spec: str, image: np.ndarray, points: np.ndarray) -> float:
+        def described(img: np.ndarray, p: np.ndarray) -> np.ndarray:
+            angles, index = make_orientation(spec).compute(img, p, radii)
+            return group_copies(sift.compute(img, p[index], radii[index], angles), index, len(p))
+
+        m = mutual_nearest_neighbours(described(crop, xy), described(image, points))
+        return float(np.mean(m[:, 0] == m[:, 1]) * len(m) / len(xy))
+
+    upright, gradient, both = (correct(s, noisy, xy) for s in ("upright", "gradient", "gradient+upright"))
+    assert both >= upright - 0.03 and both > gradient  # nothing turns: the upright copies match
+    xy_t = rot90_points(xy, crop.shape[1])
+    upright, gradient, both = (correct(s, turned, xy_t) for s in ("upright", "gradient", "gradient+upright"))
+    assert both >= gradient - 0.05 and both > upright + 0.3  # turned: the oriented copies match
+
+
 def test_lafs_follow_kornia_convention() -> None:
     import kornia.feature as KF
 

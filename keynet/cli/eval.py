@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--orientation", default="upright",
         help="angle each keypoint is described at, the same estimate for every detector: upright "
-        "(default), gradient (SIFT's dominant gradient) or orinet[:PATH] (AffNet's OriNet)",
+        "(default), gradient (SIFT's dominant gradient) or orinet[:PATH] (AffNet's OriNet); a +upright suffix "
+        "describes every keypoint upright as well, matched by its closest pair of descriptors",
     )  # fmt: skip
     parser.add_argument("--num-keypoints", type=int, default=DETECTION_BUDGET,
                         help="detection budget per image, applied before the protocols' common-area filter and "

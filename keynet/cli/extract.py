@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sift (default), rootsift, keynet (keynet's own HardNet, shipped), hardtfeat (AffNet's HardTFeat in the shared data), "
                         "ARCH:PATH with ARCH tfeat, hardnet, sosnet or hynet, or a weights file PATH")
     p.add_argument("--orientation", default="gradient",
-                   help="gradient (default; SIFT's dominant gradient), orinet[:PATH] (AffNet's OriNet) or upright")
+                   help="gradient (default; SIFT's dominant gradient), orinet[:PATH] (AffNet's OriNet) or upright; "
+                        "gradient+upright or orinet+upright: every keypoint also upright, stored as a second keypoint")
     p.add_argument("--multiple-orientations", action="store_true",
                    help="gradient: one more keypoint per secondary orientation peak (SIFT's rule)")
     add_model_options(p)

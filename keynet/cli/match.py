@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-keypoints", type=int, default=4096, help="keypoints per image (default: %(default)s)")
     g.add_argument("--descriptor", default="rootsift", help="descriptor (default: %(default)s)")
     g.add_argument("--orientation", default="upright",
-                   help="upright (default), gradient or orinet: gradient for images that turn")
+                   help="upright (default), gradient or orinet: gradient for images that turn; gradient+upright for both")
     g.add_argument("--max-size", type=int, default=1600,
                    help="longer image side for extraction, px; keypoints are in original pixels (default: %(default)s)")
     add_run_options(p)

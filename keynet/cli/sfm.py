@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-keypoints", type=int, default=d["num_keypoints"], help="per image (default: %(default)s)")
     p.add_argument("--descriptor", default=d["descriptor"], help="descriptor (default: %(default)s)")
     p.add_argument("--orientation", default=d["orientation"],
-                   help="upright (default: photos of a collection are mostly upright), gradient or orinet")
+                   help="upright (default: photos of a collection are mostly upright), gradient, orinet, or gradient+upright")
     p.add_argument("--matcher", choices=["mnn", "snn", "smnn"], default=d["matcher"],
                    help="kornia matcher (default: %(default)s)")
     p.add_argument("--ratio", type=float, default=d["ratio"], help="ratio-test threshold (default: %(default)s)")

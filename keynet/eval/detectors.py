@@ -50,7 +50,8 @@ from keynet.features.descriptors import to_uint8
 @dataclass
 class Features:
     """Detections of one image: ``keypoints`` (N, 2) float64 (x, y), ``scales`` (N,) radii,
-    ``scores`` (N,), best first; ``descriptors`` (N, D) float32 once computed."""
+    ``scores`` (N,), best first; ``descriptors`` (N, D) float32 once computed, or (N, C, D) with NaN
+    rows for a keypoint described at fewer than C angles (``keynet.eval.run.group_copies``)."""
 
     keypoints: np.ndarray
     scales: np.ndarray
@@ -59,6 +60,14 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.keypoints)
+
+    def copies(self) -> tuple[np.ndarray, np.ndarray]:
+        """Keypoints (M, 2) and descriptors (M, D), one row per described copy, as a pipeline stores them."""
+        d = self.descriptors
+        if d is None or d.ndim == 2:
+            return self.keypoints, d
+        i, c = np.nonzero(~np.isnan(d[..., 0]))
+        return self.keypoints[i], d[i, c]
 
     def subset(self, idx: np.ndarray) -> "Features":
         """The features at indices ``idx`` (in that order)."""

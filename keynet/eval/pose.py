@@ -142,8 +142,9 @@ def evaluate_pose_pair(fa, fb, pair: PosePair, matcher, threshold: float = POSE_
     from keynet.matching.geometry import estimate_essential, recover_pose
     from keynet.matching.matchers import matches_to_pairs
 
-    m = matches_to_pairs(matcher.match(fa.descriptors, fb.descriptors)[0])
-    k0, k1 = fa.keypoints[m[:, 0]], fb.keypoints[m[:, 1]]
+    (k0, d0), (k1, d1) = fa.copies(), fb.copies()
+    m = matches_to_pairs(matcher.match(d0, d1)[0])
+    k0, k1 = k0[m[:, 0]], k1[m[:, 1]]
     geometry = estimate_essential(k0, k1, pair.K0, pair.K1, threshold, 0.99999, method=cv2.RANSAC)
     pose = recover_pose(geometry, k0, k1, pair.K0, pair.K1)
     return {"pair": f"{pair.name0} {pair.name1}", "error": pose_error(*(pose or (None, None)), pair.R, pair.t),

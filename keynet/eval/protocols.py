@@ -268,18 +268,34 @@ def keynet_repeatability(
 # ----------------------------------------------------------------------------------------- matching
 
 
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(Na, Nb)`` squared L2 distances of ``(Na, D)`` and ``(Nb, D)`` rows, in float64 so that ties
+    and rounding do not depend on the BLAS in use; NaN rows (missing copies) are infinitely far."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.nan_to_num(d2, nan=np.inf)
+
+
 def mutual_nearest_neighbours(desc_a: np.ndarray, desc_b: np.ndarray) -> np.ndarray:
     """Mutual nearest neighbours in L2 distance of ``(Na, D)`` and ``(Nb, D)`` descriptors.
+
+    A keypoint described several times (``(N, C, D)``, NaN for missing copies) is at the distance
+    of its closest pair of copies, so that keypoints, not copies, are matched and counted.
 
     Returns ``(M, 2)`` int64 index pairs ``(i_a, i_b)`` in increasing ``i_a``; distance ties go to
     the lower index.
     """
-    a = np.asarray(desc_a, dtype=np.float64)
-    b = np.asarray(desc_b, dtype=np.float64)
+    a, b = np.asarray(desc_a), np.asarray(desc_b)
     if len(a) == 0 or len(b) == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    # float64 squared distances, so that ties and rounding do not depend on the BLAS in use.
-    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    a = a.reshape(len(a), -1, a.shape[-1])
+    b = b.reshape(len(b), -1, b.shape[-1])
+    d2 = _squared_distances(a[:, 0], b[:, 0])
+    for i in range(a.shape[1]):
+        for j in range(b.shape[1]):
+            if i or j:
+                np.minimum(d2, _squared_distances(a[:, i], b[:, j]), out=d2)
     nn_ab = d2.argmin(1)
     nn_ba = d2.argmin(0)
     ia = np.flatnonzero(nn_ba[nn_ab] == np.arange(len(a)))

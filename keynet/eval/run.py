@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 class FeatureCache:
     """Detections with descriptors per ``(detector name, image path)``, within one run; each keypoint
-    described at the angle of ``orientation`` (upright when None; one angle per keypoint)."""
+    described at the angle(s) of ``orientation`` (upright when None). A keypoint with several angles
+    (extra orientations, ``+upright``) gets ``(N, C, D)`` descriptors (``group_copies``)."""
 
     def __init__(self, descriptor: "Descriptor", orientation: "Orientation | None" = None) -> None:
         self.descriptor = descriptor
@@ -42,12 +43,12 @@ class FeatureCache:
 
             image = load_image(path)
             feats = detector.detect(image)
-            angles = None
-            if self.orientation is not None:
+            if self.orientation is None:
+                feats.descriptors = self.descriptor.compute(image, feats.keypoints, feats.scales, None)
+            else:
                 angles, index = self.orientation.compute(image, feats.keypoints, feats.scales)
-                if len(index) != len(feats):
-                    raise ValueError("the evaluation takes one orientation per keypoint")
-            feats.descriptors = self.descriptor.compute(image, feats.keypoints, feats.scales, angles)
+                desc = self.descriptor.compute(image, feats.keypoints[index], feats.scales[index], angles)
+                feats.descriptors = group_copies(desc, index, len(feats))
             self._store[key] = (feats, image.shape[:2])
         return self._store[key]
 
@@ -55,6 +56,25 @@ class FeatureCache:
         """Forget a detector's features (once all its pairs are done)."""
         for key in [k for k in self._store if k[0] == detector_name]:
             del self._store[key]
+
+
+def group_copies(desc: "np.ndarray", index: "np.ndarray", n: int) -> "np.ndarray":
+    """``(M, D)`` descriptors of keypoint copies (``index`` ``(M,)`` their keypoints, each of the ``n``
+    at least once) as ``(n, D)`` when each keypoint has one, else ``(n, C, D)``, NaN where a keypoint
+    has fewer than ``C`` copies; ``protocols.mutual_nearest_neighbours`` takes both."""
+    import numpy as np
+
+    counts = np.bincount(index, minlength=n)
+    if len(index) == n and np.array_equal(index, np.arange(n)):
+        return desc
+    if counts.min(initial=1) < 1:
+        raise ValueError("every keypoint needs at least one orientation")
+    order = np.argsort(index, kind="stable")
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = np.arange(len(index)) - start[index[order]]
+    out = np.full((n, int(counts.max(initial=1)), desc.shape[1]), np.nan, np.float32)
+    out[index[order], slot] = desc[order]
+    return out
 
 
 def evaluate_pair(

@@ -8,7 +8,8 @@ coordinates, clockwise on screen), and ``index`` ``(M,)``, the input keypoint ea
 
 * ``UprightOrientation``: angle 0 for every keypoint;
 * ``GradientOrientation``: SIFT's dominant-gradient estimate, vectorised over keypoints;
-* ``OriNetOrientation``: kornia's ``OriNet`` (AffNet's orientation network) with local weights.
+* ``OriNetOrientation``: kornia's ``OriNet`` (AffNet's orientation network) with local weights;
+* ``PlusUpright``: another estimator's angles and angle 0 as well, every keypoint described twice.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ORIENTATIONS = ("upright", "gradient", "orinet")
+ORIENTATIONS = ("upright", "gradient", "orinet", "gradient+upright", "orinet+upright")
 
 
 class Orientation(Protocol):
@@ -213,8 +214,33 @@ class OriNetOrientation:
         return torch.remainder(-ori, 360.0).cpu().numpy().astype(np.float32), np.arange(n, dtype=np.int64)
 
 
+class PlusUpright:
+    """Every keypoint at angle 0 and at the angle(s) of ``base``: described twice, a keypoint matches
+    upright where nothing rotates and at its estimated angle where the image turns.
+
+    An estimated angle is sometimes wrong, which costs an oriented descriptor matches on upright
+    images (``docs/features.md``: 6-15 points of matching score on Oxford's upright sequences); the
+    upright copy keeps those, for twice the descriptors. Like SIFT's extra orientations, the copies
+    are separate keypoints in ``features.h5`` and for any matcher; the upright one comes first."""
+
+    def __init__(self, base: Orientation) -> None:
+        self.base = base
+        self.name = f"{base.name}+upright"
+
+    def compute(self, image: np.ndarray, keypoints: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        angles, index = self.base.compute(image, keypoints, scales)
+        n = len(keypoints)
+        angles = np.concatenate([np.zeros(n, np.float32), angles])
+        index = np.concatenate([np.arange(n, dtype=np.int64), index])
+        order = np.argsort(index, kind="stable")  # each keypoint's copies together, upright first
+        return angles[order], index[order]
+
+
 def make_orientation(spec: str, device: str | torch.device = "cpu", multiple: bool = False) -> Orientation:
-    """``upright``, ``gradient`` (``multiple``: extra orientations), ``orinet`` or ``orinet:PATH``."""
+    """``upright``, ``gradient`` (``multiple``: extra orientations), ``orinet`` or ``orinet:PATH``;
+    ``gradient+upright`` or ``orinet[:PATH]+upright`` add an upright copy of every keypoint."""
+    if spec.endswith("+upright") and spec != "upright+upright":
+        return PlusUpright(make_orientation(spec[: -len("+upright")], device, multiple))
     kind, _, path = spec.partition(":")
     if spec == "upright":
         return UprightOrientation()
@@ -222,4 +248,6 @@ def make_orientation(spec: str, device: str | torch.device = "cpu", multiple: bo
         return GradientOrientation(multiple=multiple)
     if kind == "orinet":
         return OriNetOrientation(path or None, device)
-    raise ValueError(f"unknown orientation {spec!r}; choose upright, gradient, orinet or orinet:PATH")
+    raise ValueError(
+        f"unknown orientation {spec!r}; choose upright, gradient, orinet or orinet:PATH, optionally followed by +upright"
+    )

@@ -83,6 +83,7 @@ def main() -> None:
     n = args.num_keypoints
     extractors = {
         "Key.Net": Extractor(num_keypoints=n),
+        "Key.Net + upright copy": Extractor(num_keypoints=n, orientation="gradient+upright"),
         "Key.Net + HardTFeat": Extractor(num_keypoints=n, descriptor="hardtfeat"),
         "Key.Net + keynet": Extractor(num_keypoints=n, descriptor="keynet"),
         "Tiny-Key.Net": Extractor(num_keypoints=n, model="tiny"),
@@ -90,6 +91,7 @@ def main() -> None:
     methods: dict[str, Callable[[np.ndarray], object]] = {
         "Key.Net detection": extractors["Key.Net"].detector.detect,
         "Key.Net + gradient + SIFT": extractors["Key.Net"].extract,
+        "Key.Net + gradient+upright + SIFT": extractors["Key.Net + upright copy"].extract,
         "Key.Net + gradient + HardTFeat": extractors["Key.Net + HardTFeat"].extract,
         "Key.Net + gradient + keynet desc.": extractors["Key.Net + keynet"].extract,
         "Tiny-Key.Net detection": extractors["Tiny-Key.Net"].detector.detect,

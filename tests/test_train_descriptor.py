@@ -16,7 +16,13 @@ import torch
 
 from keynet.cli import train_descriptor as cli
 from keynet.features.descriptors import make_descriptor
-from keynet.train.descriptor import DescriptorTrainConfig, hardest_triplet_loss, map_keypoints, train_descriptor
+from keynet.train.descriptor import (
+    DescriptorTrainConfig,
+    detected_positives,
+    hardest_triplet_loss,
+    map_keypoints,
+    train_descriptor,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_loop import read_csv  # noqa: E402
@@ -53,6 +59,19 @@ def test_map_keypoints_matches_opencv_and_the_area_change():
         assert r == pytest.approx(4.0 * np.sqrt(area), rel=1e-3)
     # a pure zoom by 2 doubles the radii
     assert np.allclose(map_keypoints(np.diag([2.0, 2.0, 1.0]), kps, np.ones(20))[1], 2.0)
+
+
+def test_detected_positives_take_the_repeating_detection_one_to_one():
+    mapped = np.array([[10.0, 10], [50, 50], [100, 100], [9.8, 10]])
+    r = np.full(4, 4.0)
+    found = np.array([[10.5, 10], [50, 50], [300, 300]])
+    r_found = np.array([4.0, 8.0, 4.0])
+    # (10, 10) and (10.5, 10), radius 4: IoU 0.85; (9.8, 10) overlaps the same detection less (0.80)
+    # and is left without one; (50, 50) radius 4 in one of radius 8: IoU 16 / 64 = 0.25 < 0.6.
+    match, ok = detected_positives(mapped, r, found, r_found, 0.6)
+    assert match.tolist() == [0, -1, -1, -1] and ok.tolist() == [True, False, False, False]
+    assert detected_positives(mapped, r, found, r_found, 0.2)[0].tolist() == [0, 1, -1, -1]
+    assert detected_positives(mapped, r, found[:0], r_found[:0], 0.6)[0].tolist() == [-1] * 4
 
 
 def test_hardest_triplet_loss_by_hand():

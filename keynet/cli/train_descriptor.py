@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--crop", type=int, default=d.crop, help="crop side, px (default: %(default)s)")
     a("--preset", choices=sorted(HOMOGRAPHY_PRESETS), default=d.preset, help="homography ranges (default: %(default)s)")
     a("--num-keypoints", type=int, default=d.num_keypoints, help="Key.Net keypoints per crop (default: %(default)s)")
+    a("--positives", choices=["detected", "mapped"], default=d.positives,
+      help="positive patch at the other view's own repeating detection, or at the mapped keypoint (default: %(default)s)")
+    a("--min-overlap", type=float, default=d.min_overlap,
+      help="detected positives: circle IoU with the mapped keypoint (default: %(default)s)")
     a("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
     a("--batch-size", type=int, default=d.batch_size, help="patch pairs per step (default: %(default)s)")
     a("--lr", type=float, default=d.lr, help="Adam learning rate, cosine decay to 1/100 (default: %(default)s)")

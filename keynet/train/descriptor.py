@@ -47,6 +47,8 @@ class DescriptorTrainConfig(RunFolders):
     crop: int = 256
     preset: str = "paper"
     num_keypoints: int = 300  # Key.Net detections per crop, before the visibility check
+    positives: str = "detected"  # "detected": the other view's own detection; "mapped": the mapped keypoint
+    min_overlap: float = 0.6  # "detected": circle IoU of the mapped keypoint and the detection (Key.Net's protocol)
     epochs: int = 3
     batch_size: int = 512
     lr: float = 1e-3  # Adam, cosine decay to lr / 100
@@ -79,24 +81,56 @@ def _inside(keypoints: np.ndarray, scales: np.ndarray, side: int) -> np.ndarray:
     return np.all((keypoints - reach >= 0) & (keypoints + reach <= side - 1), axis=1)
 
 
-def patch_pairs(pairs: dict[str, np.ndarray], num_keypoints: int, progress: bool = True) -> dict[str, np.ndarray]:
+def _detect(detector: Any, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    det = detector.detect(image)
+    return det["keypoints"].numpy().astype(np.float64), det["scales"].numpy().astype(np.float64)
+
+
+def detected_positives(kps_d: np.ndarray, r_d: np.ndarray, found: np.ndarray, r_found: np.ndarray,
+                       min_overlap: float) -> tuple[np.ndarray, np.ndarray]:
+    """For mapped keypoints ``kps_d`` (N, 2), radii ``r_d`` (N,), the index of the detection of the
+    other view (``found`` (M, 2), ``r_found`` (M,)) each corresponds to, -1 for none, and so which of
+    them are kept: Key.Net's repeatability rule, circles of IoU at least ``min_overlap``, taken
+    one-to-one greedily by decreasing IoU (``keynet.eval.protocols``)."""
+    from keynet.eval.protocols import circle_iou, greedy_one_to_one
+
+    match = np.full(len(kps_d), -1, np.int64)
+    if len(kps_d) and len(found):
+        dist = np.linalg.norm(kps_d[:, None] - found[None], axis=2)
+        pairs = greedy_one_to_one(circle_iou(r_d[:, None], r_found[None], dist), min_overlap)
+        match[pairs[:, 0]] = pairs[:, 1]
+    return match, match >= 0
+
+
+def patch_pairs(pairs: dict[str, np.ndarray], num_keypoints: int, progress: bool = True,
+                positives: str = "mapped", min_overlap: float = 0.6) -> dict[str, np.ndarray]:
     """Corresponding (N, 32, 32) uint8 ``anchor`` and ``positive`` patches of the image ``pairs``
     (``src``, ``dst``, ``H`` as made by ``keynet.train.synthesis``), and ``pair`` (N,) the index of
-    the image pair each comes from."""
+    the image pair each comes from. The positive is sampled at the anchor keypoint mapped into the
+    other view (``positives="mapped"``), or at the other view's own Key.Net detection that
+    repeats it (``"detected"``: ``detected_positives``), so that the network also meets the
+    detector's position and scale errors, as at test time."""
     from keynet.detector import KeyNetDetector
     from keynet.features.descriptors import extract_patches
     from keynet.features.orientation import GradientOrientation
 
+    if positives not in ("mapped", "detected"):
+        raise ValueError(f"positives must be 'mapped' or 'detected', not {positives!r}")
     detector = KeyNetDetector(num_keypoints=num_keypoints, subpixel=True)
     orientation = GradientOrientation()
-    anchors, positives, index = [], [], []
+    anchor_patches, positive_patches, index = [], [], []
     for i in tqdm(range(len(pairs["H"])), desc="patches", disable=not progress, mininterval=2.0):
         src = pairs["src"][i].astype(np.float32) / 255.0
         dst = pairs["dst"][i].astype(np.float32) / 255.0
-        det = detector.detect(src)
-        kps, r = det["keypoints"].numpy().astype(np.float64), det["scales"].numpy().astype(np.float64)
+        kps, r = _detect(detector, src)
         kps_d, r_d = map_keypoints(pairs["H"][i], kps, r)
-        keep = _inside(kps, r, src.shape[0]) & _inside(kps_d, r_d, dst.shape[0])
+        if positives == "detected":
+            found, r_found = _detect(detector, dst)
+            match, ok = detected_positives(kps_d, r_d, found, r_found, min_overlap)
+            kps_d[ok], r_d[ok] = found[match[ok]], r_found[match[ok]]
+        else:
+            ok = np.ones(len(kps), bool)
+        keep = ok & _inside(kps, r, src.shape[0]) & _inside(kps_d, r_d, dst.shape[0])
         if not keep.any():
             continue
         views = []
@@ -104,10 +138,11 @@ def patch_pairs(pairs: dict[str, np.ndarray], num_keypoints: int, progress: bool
             k, s = k.astype(np.float32), s.astype(np.float32)
             angles, _ = orientation.compute(image, k, s)
             views.append(extract_patches(image, k, s, angles, PATCH)[:, 0])
-        anchors.append(_to_uint8(views[0]))
-        positives.append(_to_uint8(views[1]))
+        anchor_patches.append(_to_uint8(views[0]))
+        positive_patches.append(_to_uint8(views[1]))
         index.append(np.full(int(keep.sum()), i, np.int32))
-    return {"anchor": np.concatenate(anchors), "positive": np.concatenate(positives), "pair": np.concatenate(index)}
+    return {"anchor": np.concatenate(anchor_patches), "positive": np.concatenate(positive_patches),
+            "pair": np.concatenate(index)}
 
 
 def _to_uint8(patches: torch.Tensor) -> np.ndarray:
@@ -124,7 +159,8 @@ def load_or_make_patches(conf: DescriptorTrainConfig, split: str, progress: bool
             return {k: f[k] for k in ("anchor", "positive", "pair")}
     pair_conf = PairConfig(num_pairs=n, crop=conf.crop, homography=HOMOGRAPHY_PRESETS[conf.preset],
                            jitter=JitterConfig(), seed=conf.seed, split=split)
-    patches = patch_pairs(load_or_generate(conf.resolved_image_dir(), pair_conf, conf.resolved_cache_dir(), progress), conf.num_keypoints, progress)
+    patches = patch_pairs(load_or_generate(conf.resolved_image_dir(), pair_conf, conf.resolved_cache_dir(), progress),
+                          conf.num_keypoints, progress, conf.positives, conf.min_overlap)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: np.savez(tmp, **patches))
     return patches

@@ -50,7 +50,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_loss_falls_and_files_are_written(image_dir: Path, tmp_path: Path):
-    conf = small_conf(image_dir, tmp_path / "run")
+    conf = small_conf(image_dir, tmp_path / "run", keep_checkpoints=True)
     summary = train(conf, log=lambda s: None)
     assert summary["steps"] == 24
     rows = [r for r in read_csv(tmp_path / "run" / "log.csv") if r["loss"]]
@@ -62,6 +62,10 @@ def test_loss_falls_and_files_are_written(image_dir: Path, tmp_path: Path):
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temporary files left
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
     assert best["best"]["step"] in (6, 12, 18, 24)
+    kept = sorted(p.name for p in (tmp_path / "run" / "steps").iterdir())
+    assert kept == [f"step_{k:06d}.pt" for k in (6, 12, 18, 24)]
+    same = load_state_dict_file(tmp_path / "run" / "steps" / f"step_{best['best']['step']:06d}.pt")
+    assert all(torch.equal(same[k], v) for k, v in best["state_dict"].items())
 
 
 def test_resume_continues_the_same_run(image_dir: Path, tmp_path: Path):

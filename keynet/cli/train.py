@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--val-every", type=int, default=d.val_every, help="steps between validation + checkpoint; 0 = every epoch (default: %(default)s)")
     a("--val-sequence", default=d.val_sequence, help="real sequence for model selection, or 'none' (default: <data>/hpatches/v_dogman)")
     a("--val-top-k", type=int, default=d.val_top_k, help="keypoints per image in the validation repeatability (default: %(default)s)")
+    a("--keep-checkpoints", action="store_true", help="also keep the weights of every validated step in <out>/steps/")
     a("--log-every", type=int, default=d.log_every, help="steps between CSV rows (default: %(default)s)")
     a("--max-steps", type=int, default=d.max_steps, help="stop after this many steps (0 = all epochs) (default: %(default)s)")
     a("--max-minutes", type=float, default=d.max_minutes, help="wall-time budget of the whole run (pairs included), 0 = none: the cosine schedule keeps pace with the clock "

@@ -102,6 +102,7 @@ class TrainConfig(RunFolders):
     val_every: int = 100  # steps between validations/checkpoints; 0 = once per epoch
     val_sequence: str = ""  # "" = <shared data>/hpatches/v_dogman; "none" disables it
     val_top_k: int = 1000
+    keep_checkpoints: bool = False  # also the weights of every validated step, <out>/steps/step_NNNNNN.pt
     log_every: int = 10
     max_steps: int = 0  # stop after this many steps in total (0 = epochs * steps per epoch); for tests
     # Wall-time budget (0 = off): the cosine schedule follows the wall time when that is ahead of the
@@ -284,7 +285,7 @@ def train(conf: TrainConfig, resume: bool = False, log: Callable[[str], None] = 
     """Run (or resume) a training run; returns a summary (best step and metrics, wall time, paths).
 
     Files in ``conf.out_dir``: ``last.pt`` (full state, for resuming), ``best.pt`` (weights of the best
-    validation), ``log.csv``, ``curves.png``.
+    validation), ``log.csv``, ``curves.png``; with ``keep_checkpoints``, ``steps/step_NNNNNN.pt``.
     """
     t_start = time.time()
     torch.set_num_threads(conf.threads)
@@ -367,6 +368,10 @@ def train(conf: TrainConfig, resume: bool = False, log: Callable[[str], None] = 
             if score > best["score"]:
                 best = {"score": score, "step": step, "val_rep_SL": rep_sl, "val_rep_L": rep_l, "val_loss": vloss}
                 atomic_save({"state_dict": net.state_dict(), "model": conf.model, "step": step, "best": best}, best_path)
+            if conf.keep_checkpoints:  # for studying model selection afterwards (a few kB each)
+                (out / "steps").mkdir(exist_ok=True)
+                atomic_save({"state_dict": net.state_dict(), "model": conf.model, "step": step},
+                            out / "steps" / f"step_{step:06d}.pt")
             atomic_save({"state_dict": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
                          "elapsed_s": elapsed(), "config": asdict(conf)}, last_path)
             write_plot(out / "log.csv", out / "curves.png")

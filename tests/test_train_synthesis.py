@@ -159,3 +159,34 @@ def test_no_valid_pair_raises(tmp_path: Path):
         cv2.imwrite(str(folder / f"{i}.png"), np.full((80, 80, 3), 50 * i, np.uint8))
     with pytest.raises(RuntimeError, match="no image gives a valid"):
         generate_pairs(list_images(folder), conf(num_pairs=1), progress=False)
+
+
+def test_pairs_cli_writes_a_list_that_eval_reads_back(tmp_path: Path):
+    import argparse
+
+    from keynet.cli import pairs as cli
+    from keynet.cli.common import CLIError
+    from keynet.eval.datasets import load_dataset
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(photos / f"im{i}.png"), textured_image(200 + i, 200, 240))
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    argv = ["--out", str(tmp_path / "val"), "--images", str(photos), "--split", "train", "--num-pairs", "3",
+            "--crop", "96", "--preset", "wide"]
+    assert cli.main(parser.parse_args(argv)) == 0
+    ds = load_dataset(tmp_path / "val" / "pairs.txt")
+    conf = PairConfig(num_pairs=3, crop=96, homography=HOMOGRAPHY_PRESETS["wide"], jitter=JitterConfig(), seed=0,
+                      split="train")
+    expected = generate_pairs(split_images(list_images(photos), 0, conf.val_fraction, "train"), conf, progress=False)
+    assert len(ds.pairs) == 3
+    for i, pair in enumerate(ds.pairs):  # the same pairs, bit for bit (PNG), H to 10 digits
+        assert np.array_equal(cv2.imread(str(pair.image_a), cv2.IMREAD_GRAYSCALE), expected["src"][i])
+        assert np.array_equal(cv2.imread(str(pair.image_b), cv2.IMREAD_GRAYSCALE), expected["dst"][i])
+        np.testing.assert_allclose(pair.H, expected["H"][i], rtol=1e-9)
+    before = (tmp_path / "val" / "pairs.txt").read_bytes()
+    with pytest.raises(CLIError, match="--overwrite"):
+        cli.main(parser.parse_args(argv))
+    assert (tmp_path / "val" / "pairs.txt").read_bytes() == before

@@ -18,7 +18,7 @@ import sys
 
 from .common import CLIError
 
-SUBCOMMANDS = ("detect", "extract", "merge", "match", "colmap", "sfm", "export", "train", "train_descriptor", "eval")
+SUBCOMMANDS = ("detect", "extract", "merge", "match", "colmap", "sfm", "export", "train", "train_descriptor", "pairs", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

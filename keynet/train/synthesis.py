@@ -49,6 +49,8 @@ HOMOGRAPHY_PRESETS: dict[str, HomographyRange] = {
     "paper": HomographyRange(min_scale=0.5, max_scale=3.5, max_angle=60.0, max_shear=0.8),
     # Released code (axelBarroso/Key.Net train_network.py defaults): scale [0.5, 2.0], +-45 deg, shear +-0.8.
     "released": HomographyRange(min_scale=0.5, max_scale=2.0, max_angle=45.0, max_shear=0.8),
+    # For validation sets like real benchmark pairs: zoom up to 3.5x either way, any rotation.
+    "wide": HomographyRange(min_scale=1 / 3.5, max_scale=3.5, max_angle=180.0, max_shear=0.8),
 }
 
 
@@ -274,3 +276,23 @@ def load_or_generate(image_dir: str | Path, conf: PairConfig, cache_dir: str | P
     cache_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: np.savez(tmp, **pairs))
     return pairs
+
+
+def write_pair_list(pairs: dict[str, np.ndarray], folder: str | Path) -> Path:
+    """Pairs as an image-pair list that ``keynet eval --data`` and ``keynet train --val-sequence``
+    read (``keynet.eval.datasets.load_pairs_file``): ``NNNNNN_a.png``, ``NNNNNN_b.png``,
+    ``NNNNNN_H.txt`` (src to dst, ``%.10e``) in ``folder``, and ``pairs.txt`` naming them, written
+    last (atomically), so that a list never names a missing file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (a, b, h) in enumerate(zip(pairs["src"], pairs["dst"], pairs["H"])):
+        names = (f"{i:06d}_a.png", f"{i:06d}_b.png", f"{i:06d}_H.txt")
+        for name, image in zip(names, (a, b)):
+            if not cv2.imwrite(str(folder / name), image):
+                raise OSError(f"cannot write {folder / name}")
+        np.savetxt(folder / names[2], h, fmt="%.10e")
+        lines.append(" ".join(names))
+    out = folder / "pairs.txt"
+    write_atomic(out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    return out

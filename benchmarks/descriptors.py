@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from keynet.eval.datasets import load_dataset
+from keynet.eval.datasets import OXFORD_GROUPS, load_dataset
 from keynet.eval.detectors import make_detector
 from keynet.eval.report import MMA_THRESHOLDS
 from keynet.eval.run import DETECTION_BUDGET, evaluate
@@ -24,11 +24,7 @@ from keynet.features.descriptors import make_descriptor
 from keynet.features.orientation import make_orientation
 from keynet.paths import shared_data_dir
 
-GROUPS = {
-    "viewpoint": ("graf", "wall"),
-    "illumination/blur": ("leuven", "bikes", "trees", "ubc"),
-    "zoom+rotation": ("bark", "boat"),
-}
+GROUPS = OXFORD_GROUPS
 
 
 def main() -> None:

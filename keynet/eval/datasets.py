@@ -48,6 +48,12 @@ HPATCHES_HIGH_RES: tuple[str, ...] = (
     "i_contruction", "i_crownnight", "i_dc", "i_pencils", "i_whitebuilding",
     "v_artisans", "v_astronautis", "v_talent",
 )  # fmt: skip
+# Oxford Affine's sequences by the change they test.
+OXFORD_GROUPS: dict[str, tuple[str, ...]] = {
+    "viewpoint": ("graf", "wall"),
+    "illumination/blur": ("leuven", "bikes", "trees", "ubc"),
+    "zoom+rotation": ("bark", "boat"),
+}
 # Left out of Key.Net's "view_test" / "illum_test" splits.
 _KEYNET_VIEW_HELD_OUT = ("v_artisans", "v_birdwoman", "v_eastsouth")
 _KEYNET_ILLUM_HELD_OUT = ("i_crownday", "i_village", "i_yellowtent")

@@ -1,0 +1,90 @@
+"""Does a validation set rank a run's checkpoints the way the test set does?
+
+Every checkpoint of a ``keynet train --keep-checkpoints`` run (``<run>/steps/step_*.pt``) is
+evaluated with ``keynet eval``'s Key.Net protocol (5,000 keypoints per image, top 1,000 in the
+common area) on each validation set and on Oxford Affine (the test set). Printed: each checkpoint's
+repeatability (SL / L) on every set, by Oxford group, and the rank (Spearman) and linear (Pearson)
+correlations between each validation set's selection score (mean of SL and L, the training
+loop's) and Oxford's, over checkpoints. Reference weights files can be added for comparison rows.
+
+    python benchmarks/selection.py runs/keynet_sel --val runs/val_wide/pairs.txt \\
+        --val ../shared/data/hpatches/v_dogman [--every 2] [--extra keynet/weights/keynet.pth]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from keynet.eval.datasets import OXFORD_GROUPS, load_dataset
+from keynet.eval.detectors import make_detector
+from keynet.eval.run import DETECTION_BUDGET, evaluate
+from keynet.features.descriptors import make_descriptor
+from keynet.paths import shared_data_dir
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, ties given their mean rank (Spearman's convention)."""
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x))
+    for v in np.unique(x):
+        tie = x == v
+        r[tie] = r[tie].mean()
+    return r
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(ranks(np.asarray(a)), ranks(np.asarray(b)))[0, 1])
+
+
+def scores(pairs: list[dict], sequences: tuple[str, ...] | None = None) -> tuple[float, float]:
+    chosen = [p for p in pairs if sequences is None or p["sequence"] in sequences]
+    return 100 * float(np.mean([p["rep_SL"] for p in chosen])), 100 * float(np.mean([p["rep_L"] for p in chosen]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path, help="a training run folder with steps/step_*.pt")
+    p.add_argument("--val", action="append", required=True, help="a validation set (sequence folder or pairs list); repeatable")
+    p.add_argument("--every", type=int, default=1, help="evaluate every k-th checkpoint (default: all)")
+    p.add_argument("--extra", action="append", default=[], help="a weights file to add as a comparison row")
+    p.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    checkpoints = sorted((args.run / "steps").glob("step_*.pt"))[args.every - 1 :: args.every]
+    if not checkpoints:
+        raise SystemExit(f"{args.run}/steps holds no step_*.pt (train with --keep-checkpoints)")
+    model = torch.load(checkpoints[0], weights_only=True).get("model", "keynet")
+    sets = [load_dataset(v) for v in args.val] + [load_dataset(shared_data_dir() / "oxford_affine")]
+    names = [Path(v).parent.name if Path(v).is_file() else Path(v).name for v in args.val] + ["oxford"]
+    rows = []
+    for path in [*checkpoints, *map(Path, args.extra)]:
+        start = time.perf_counter()
+        det = make_detector(f"keynet:{path},model={model}", DETECTION_BUDGET)
+        res = evaluate([det], sets, make_descriptor("sift"), progress=False)[det.name]
+        row = {"weights": str(path), **{n: scores(res[ds.name]["pairs"]) for n, ds in zip(names, sets)}}
+        oxford_pairs = res[sets[-1].name]["pairs"]
+        row.update({g: scores(oxford_pairs, seqs) for g, seqs in OXFORD_GROUPS.items()})
+        rows.append(row)
+        print(path.stem, "  ".join(f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in row.items() if k != "weights"),
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+    steps = rows[: len(checkpoints)]
+    target = np.array([np.mean(r["oxford"]) for r in steps])
+    print(f"\ncorrelation with Oxford's (SL + L) / 2 over {len(steps)} checkpoints:")
+    for n in names[:-1]:
+        x = np.array([np.mean(r[n]) for r in steps])
+        pick = int(np.argmax(x))
+        print(f"  {n}: Spearman {spearman(x, target):+.2f}, Pearson {np.corrcoef(x, target)[0, 1]:+.2f}; "
+              f"selects {Path(steps[pick]['weights']).stem} (Oxford {target[pick]:.1f}; best {target.max():.1f})")
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

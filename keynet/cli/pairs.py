@@ -34,30 +34,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from keynet.paths import shared_data_dir
     from keynet.train.synthesis import (
         HOMOGRAPHY_PRESETS,
         JitterConfig,
         PairConfig,
         generate_pairs,
-        list_images,
-        split_images,
+        pair_images,
+        photo_folder,
         write_pair_list,
     )
 
     check_positive(args.num_pairs, "--num-pairs")
     check_positive(args.crop, "--crop")
-    image_dir = Path(args.images) if args.images else shared_data_dir() / "train_images"
+    image_dir = photo_folder(args.images)
     if not image_dir.is_dir():
         raise CLIError(f"--images {image_dir}: not a folder")
     out = output_dir(Path(args.out))
     guard_outputs([out / "pairs.txt"], [image_dir], args.overwrite)
     conf = PairConfig(num_pairs=args.num_pairs, crop=args.crop, homography=HOMOGRAPHY_PRESETS[args.preset],
                       jitter=JitterConfig(), seed=args.seed, split=args.split)
-    images = split_images(list_images(image_dir), args.seed, conf.val_fraction, args.split)
-    if not images:
-        raise CLIError(f"--images {image_dir}: no photos in the {args.split} split")
     try:
+        images = pair_images(image_dir, conf)
         pairs = generate_pairs(images, conf)
     except (ValueError, RuntimeError) as e:
         raise CLIError(str(e)) from None

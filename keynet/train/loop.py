@@ -38,7 +38,7 @@ from ..io.image import load_image
 from ..model import KeyNet, build_model
 from ..paths import shared_data_dir
 from .loss import MSIP_SIZES, MSIP_WEIGHTS, msip_loss
-from .synthesis import HOMOGRAPHY_PRESETS, JitterConfig, PairConfig, load_or_generate
+from .synthesis import HOMOGRAPHY_PRESETS, JitterConfig, PairConfig, load_or_generate, photo_folder
 
 CSV_FIELDS = ("step", "epoch", "wall_s", "lr", "loss", "score_max", "pos_share", "val_loss", "val_rep_SL", "val_rep_L")
 
@@ -52,7 +52,7 @@ class RunFolders:
     out_dir: str
 
     def resolved_image_dir(self) -> Path:
-        return Path(self.image_dir) if self.image_dir else shared_data_dir() / "train_images"
+        return photo_folder(self.image_dir)
 
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else Path(self.out_dir).parent / "pair_cache"

@@ -96,6 +96,18 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def photo_folder(image_dir: str | Path = "") -> Path:
+    """The folder of training photos: ``image_dir``, or by default the shared data's ``train_images``."""
+    from keynet.paths import shared_data_dir
+
+    return Path(image_dir) if image_dir else shared_data_dir() / "train_images"
+
+
+def pair_images(image_dir: str | Path, conf: "PairConfig") -> list[Path]:
+    """The photos below ``image_dir`` that the pairs of ``conf`` are drawn from (its split)."""
+    return split_images(list_images(image_dir), conf.seed, conf.val_fraction, conf.split)
+
+
 def split_images(images: list[Path], seed: int, val_fraction: float, split: str) -> list[Path]:
     """The ``split`` ("train" | "val") share of ``images``, disjoint from the other one."""
     if split not in ("train", "val"):
@@ -266,7 +278,7 @@ def load_or_generate(image_dir: str | Path, conf: PairConfig, cache_dir: str | P
     The cache file is written to a temporary name and moved into place, so a killed run never
     leaves a truncated cache behind.
     """
-    images = split_images(list_images(image_dir), conf.seed, conf.val_fraction, conf.split)
+    images = pair_images(image_dir, conf)
     cache_dir = Path(cache_dir)
     path = cache_dir / f"pairs_{conf.split}_{conf.crop}px_{conf.num_pairs}_{cache_key(images, conf)}.npz"
     if path.is_file():

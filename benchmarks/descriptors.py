@@ -24,9 +24,6 @@ from keynet.features.descriptors import make_descriptor
 from keynet.features.orientation import make_orientation
 from keynet.paths import shared_data_dir
 
-GROUPS = OXFORD_GROUPS
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--descriptor", nargs="+", default=["sift", "hardtfeat", "keynet"])
@@ -43,14 +40,14 @@ def main() -> None:
                            orientation=make_orientation(args.orientation))
         pairs = results[detector.name][dataset.name]["pairs"]
         cells = []
-        for sequences in [*GROUPS.values(), tuple(s for g in GROUPS.values() for s in g)]:
+        for sequences in [*OXFORD_GROUPS.values(), tuple(s for g in OXFORD_GROUPS.values() for s in g)]:
             chosen = [r for r in pairs if r["sequence"] in sequences]
             cells.append((100 * np.mean([r["matching_score"] for r in chosen]), 100 * np.mean([r["mma"][mma3] for r in chosen])))
         rows.append((spec, cells, time.perf_counter() - start))
         print(spec, [f"{a:.1f}/{b:.1f}" for a, b in cells], f"{rows[-1][2]:.0f} s", flush=True)
     print(f"\n{args.detector} keypoints, {args.orientation} orientation; cells: matching score % / MMA@3 %")
-    print("| descriptor | " + " | ".join([*GROUPS, "all 40 pairs"]) + " |")
-    print("|---|" + "---:|" * (len(GROUPS) + 1))
+    print("| descriptor | " + " | ".join([*OXFORD_GROUPS, "all 40 pairs"]) + " |")
+    print("|---|" + "---:|" * (len(OXFORD_GROUPS) + 1))
     for spec, cells, _ in rows:
         print(f"| {spec} | " + " | ".join(f"{a:.1f} / {b:.1f}" for a, b in cells) + " |")
 

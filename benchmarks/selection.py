@@ -68,13 +68,15 @@ def main() -> None:
     model = torch.load(checkpoints[0], weights_only=True).get("model", "keynet")
     sets = [load_dataset(v) for v in args.val] + [load_dataset(shared_data_dir() / "oxford_affine")]
     names = [Path(v).parent.name if Path(v).is_file() else Path(v).name for v in args.val] + ["oxford"]
+    crops = [ds for ds in sets if ds.layout == "pairs"]  # synthetic crops: --val-top-k
+    others = [ds for ds in sets if ds.layout != "pairs"]
+    sift = make_descriptor("sift")
     rows = []
     for path in [*checkpoints, *map(Path, args.extra)]:
         start = time.perf_counter()
         det = make_detector(f"keynet:{path},model={model}", DETECTION_BUDGET)
-        crops = [ds for ds in sets if ds.layout == "pairs"]  # synthetic crops: --val-top-k
-        res = evaluate([det], crops, make_descriptor("sift"), top_k=args.val_top_k, progress=False)[det.name]
-        res.update(evaluate([det], [ds for ds in sets if ds not in crops], make_descriptor("sift"), progress=False)[det.name])
+        res = evaluate([det], crops, sift, top_k=args.val_top_k, progress=False)[det.name]
+        res.update(evaluate([det], others, sift, progress=False)[det.name])
         row = {"weights": str(path), **{n: scores(res[ds.name]["pairs"]) for n, ds in zip(names, sets)}}
         oxford_pairs = res[sets[-1].name]["pairs"]
         row.update({g: scores(oxford_pairs, seqs) for g, seqs in OXFORD_GROUPS.items()})

@@ -26,15 +26,12 @@ from keynet.train.descriptor import (
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_loop import read_csv  # noqa: E402
-from test_train_synthesis import textured_image  # noqa: E402
+from test_train_synthesis import textured_image, write_photos  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    for i in range(8):
-        cv2.imwrite(str(folder / f"im{i}.png"), textured_image(200 + i, 200, 240))
-    return folder
+    return write_photos(tmp_path_factory.mktemp("photos"), 8, 200, 200, 240)
 
 
 def small_conf(image_dir: Path, out: Path, **kw) -> DescriptorTrainConfig:
@@ -68,10 +65,9 @@ def test_detected_positives_take_the_repeating_detection_one_to_one():
     r_found = np.array([4.0, 8.0, 4.0])
     # (10, 10) and (10.5, 10), radius 4: IoU 0.85; (9.8, 10) overlaps the same detection less (0.80)
     # and is left without one; (50, 50) radius 4 in one of radius 8: IoU 16 / 64 = 0.25 < 0.6.
-    match, ok = detected_positives(mapped, r, found, r_found, 0.6)
-    assert match.tolist() == [0, -1, -1, -1] and ok.tolist() == [True, False, False, False]
-    assert detected_positives(mapped, r, found, r_found, 0.2)[0].tolist() == [0, 1, -1, -1]
-    assert detected_positives(mapped, r, found[:0], r_found[:0], 0.6)[0].tolist() == [-1] * 4
+    assert detected_positives(mapped, r, found, r_found, 0.6).tolist() == [0, -1, -1, -1]
+    assert detected_positives(mapped, r, found, r_found, 0.2).tolist() == [0, 1, -1, -1]
+    assert detected_positives(mapped, r, found[:0], r_found[:0], 0.6).tolist() == [-1] * 4
 
 
 def test_hardest_triplet_loss_by_hand():

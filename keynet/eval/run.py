@@ -64,9 +64,9 @@ def group_copies(desc: "np.ndarray", index: "np.ndarray", n: int) -> "np.ndarray
     has fewer than ``C`` copies; ``protocols.mutual_nearest_neighbours`` takes both."""
     import numpy as np
 
-    counts = np.bincount(index, minlength=n)
     if len(index) == n and np.array_equal(index, np.arange(n)):
         return desc
+    counts = np.bincount(index, minlength=n)
     if counts.min(initial=1) < 1:
         raise ValueError("every keypoint needs at least one orientation")
     order = np.argsort(index, kind="stable")

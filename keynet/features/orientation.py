@@ -23,9 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ORIENTATIONS = ("upright", "gradient", "orinet", "gradient+upright", "orinet+upright")
-
-
 class Orientation(Protocol):
     name: str
 

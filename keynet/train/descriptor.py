@@ -87,11 +87,11 @@ def _detect(detector: Any, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def detected_positives(kps_d: np.ndarray, r_d: np.ndarray, found: np.ndarray, r_found: np.ndarray,
-                       min_overlap: float) -> tuple[np.ndarray, np.ndarray]:
-    """For mapped keypoints ``kps_d`` (N, 2), radii ``r_d`` (N,), the index of the detection of the
-    other view (``found`` (M, 2), ``r_found`` (M,)) each corresponds to, -1 for none, and so which of
-    them are kept: Key.Net's repeatability rule, circles of IoU at least ``min_overlap``, taken
-    one-to-one greedily by decreasing IoU (``keynet.eval.protocols``)."""
+                       min_overlap: float) -> np.ndarray:
+    """For mapped keypoints ``kps_d`` (N, 2), radii ``r_d`` (N,), the index (N,) of the detection of
+    the other view (``found`` (M, 2), ``r_found`` (M,)) each corresponds to, -1 for none: Key.Net's
+    repeatability rule, circles of IoU at least ``min_overlap``, taken one-to-one greedily by
+    decreasing IoU (``keynet.eval.protocols``)."""
     from keynet.eval.protocols import circle_iou, greedy_one_to_one
 
     match = np.full(len(kps_d), -1, np.int64)
@@ -99,7 +99,7 @@ def detected_positives(kps_d: np.ndarray, r_d: np.ndarray, found: np.ndarray, r_
         dist = np.linalg.norm(kps_d[:, None] - found[None], axis=2)
         pairs = greedy_one_to_one(circle_iou(r_d[:, None], r_found[None], dist), min_overlap)
         match[pairs[:, 0]] = pairs[:, 1]
-    return match, match >= 0
+    return match
 
 
 def patch_pairs(pairs: dict[str, np.ndarray], num_keypoints: int, progress: bool = True,
@@ -126,7 +126,8 @@ def patch_pairs(pairs: dict[str, np.ndarray], num_keypoints: int, progress: bool
         kps_d, r_d = map_keypoints(pairs["H"][i], kps, r)
         if positives == "detected":
             found, r_found = _detect(detector, dst)
-            match, ok = detected_positives(kps_d, r_d, found, r_found, min_overlap)
+            match = detected_positives(kps_d, r_d, found, r_found, min_overlap)
+            ok = match >= 0
             kps_d[ok], r_d[ok] = found[match[ok]], r_found[match[ok]]
         else:
             ok = np.ones(len(kps), bool)

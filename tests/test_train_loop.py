@@ -12,7 +12,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -25,15 +24,12 @@ from keynet.train.synthesis import HOMOGRAPHY_PRESETS, JitterConfig, PairConfig,
 from keynet.weights import load_model, load_state_dict_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train_synthesis import textured_image  # noqa: E402
+from test_train_synthesis import write_photos  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    for i in range(8):
-        cv2.imwrite(str(folder / f"im{i}.png"), textured_image(100 + i, 160, 200))
-    return folder
+    return write_photos(tmp_path_factory.mktemp("photos"), 8, 100, 160, 200)
 
 
 def small_conf(image_dir: Path, out: Path, **kw) -> TrainConfig:

@@ -39,6 +39,14 @@ def textured_image(seed: int, h: int = 120, w: int = 160) -> np.ndarray:
     return img
 
 
+def write_photos(folder: Path, count: int, first_seed: int, h: int, w: int) -> Path:
+    """``folder`` (created) holding ``im0.png`` .. the ``textured_image`` of seeds ``first_seed`` on."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        cv2.imwrite(str(folder / f"im{i}.png"), textured_image(first_seed + i, h, w))
+    return folder
+
+
 @pytest.fixture()
 def image_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "photos"
@@ -168,10 +176,7 @@ def test_pairs_cli_writes_a_list_that_eval_reads_back(tmp_path: Path):
     from keynet.cli.common import CLIError
     from keynet.eval.datasets import load_dataset
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(4):
-        cv2.imwrite(str(photos / f"im{i}.png"), textured_image(200 + i, 200, 240))
+    photos = write_photos(tmp_path / "photos", 4, 200, 200, 240)
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     argv = ["--out", str(tmp_path / "val"), "--images", str(photos), "--split", "train", "--num-pairs", "3",

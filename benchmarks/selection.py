@@ -1,15 +1,18 @@
 """Does a validation set rank a run's checkpoints the way the test set does?
 
-Every checkpoint of a ``keynet train --keep-checkpoints`` run (``<run>/steps/step_*.pt``) is
+Every checkpoint of one or more ``keynet train --keep-checkpoints`` runs (``<run>/steps/step_*.pt``) is
 evaluated with ``keynet eval``'s Key.Net protocol (5,000 keypoints per image, top 1,000 in the
 common area; ``--val-top-k`` for pairs lists of synthetic crops) on each validation set and on
 Oxford Affine (the test set). Printed: each checkpoint's
 repeatability (SL / L) on every set, by Oxford group, and the rank (Spearman) and linear (Pearson)
 correlations between each validation set's selection score (mean of SL and L, the training
-loop's) and Oxford's, over checkpoints. Reference weights files can be added for comparison rows.
+loop's) and Oxford's, over each run's checkpoints and over all of them together (runs of different
+recipes spread the test scores further than one run does). Reference weights files can be added
+for comparison rows; ``--reuse`` takes the rows of an earlier ``--out`` instead of evaluating again.
 
-    python benchmarks/selection.py runs/keynet_sel --val runs/val_wide/pairs.txt \\
-        --val ../shared/data/hpatches/v_dogman [--every 2] [--val-top-k 300] [--extra keynet/weights/keynet.pth]
+    python benchmarks/selection.py runs/keynet_sel [runs/other ...] --val runs/val_wide/pairs.txt \\
+        --val ../shared/data/hpatches/v_dogman [--every 2] [--val-top-k 300] [--extra keynet/weights/keynet.pth] \\
+        [--reuse earlier.json] [--out rows.json]
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def scores(pairs: list[dict], sequences: tuple[str, ...] | None = None) -> tuple
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", type=Path, help="a training run folder with steps/step_*.pt")
+    p.add_argument("runs", type=Path, nargs="+", help="training run folders with steps/step_*.pt")
     p.add_argument("--val", action="append", required=True, help="a validation set (sequence folder or pairs list); repeatable")
     p.add_argument("--val-top-k", type=int, default=300,
                    help="top-k of pairs-list validation sets (default: %(default)s: 384 px crops hold a quarter of an Oxford "
@@ -59,21 +62,31 @@ def main() -> None:
                         "rep_L saturates near 98%%)")
     p.add_argument("--every", type=int, default=1, help="evaluate every k-th checkpoint (default: all)")
     p.add_argument("--extra", action="append", default=[], help="a weights file to add as a comparison row")
+    p.add_argument("--reuse", type=Path, action="append", default=[],
+                   help="an earlier --out: its rows are taken as they are, not evaluated again; repeatable")
     p.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     args = p.parse_args()
     torch.set_num_threads(2)
-    checkpoints = sorted((args.run / "steps").glob("step_*.pt"))[args.every - 1 :: args.every]
-    if not checkpoints:
-        raise SystemExit(f"{args.run}/steps holds no step_*.pt (train with --keep-checkpoints)")
-    model = torch.load(checkpoints[0], weights_only=True).get("model", "keynet")
+    runs: dict[Path, list[Path]] = {}
+    for run in args.runs:
+        runs[run] = sorted((run / "steps").glob("step_*.pt"))[args.every - 1 :: args.every]
+        if not runs[run]:
+            raise SystemExit(f"{run}/steps holds no step_*.pt (train with --keep-checkpoints)")
+    known = {row["weights"]: row for path in args.reuse for row in json.loads(path.read_text())}
+    model = torch.load(runs[args.runs[0]][0], weights_only=True).get("model", "keynet")
     sets = [load_dataset(v) for v in args.val] + [load_dataset(shared_data_dir() / "oxford_affine")]
     names = [Path(v).parent.name if Path(v).is_file() else Path(v).name for v in args.val] + ["oxford"]
     crops = [ds for ds in sets if ds.layout == "pairs"]  # synthetic crops: --val-top-k
     others = [ds for ds in sets if ds.layout != "pairs"]
     sift = make_descriptor("sift")
     rows = []
-    for path in [*checkpoints, *map(Path, args.extra)]:
+    for path in [*(c for cs in runs.values() for c in cs), *map(Path, args.extra)]:
         start = time.perf_counter()
+        if str(path) in known:
+            rows.append(known[str(path)])
+            print(path.stem, "  ".join(f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in rows[-1].items() if k != "weights"),
+                  "(reused)", flush=True)
+            continue
         det = make_detector(f"keynet:{path},model={model}", DETECTION_BUDGET)
         res = evaluate([det], crops, sift, top_k=args.val_top_k, progress=False)[det.name]
         res.update(evaluate([det], others, sift, progress=False)[det.name])
@@ -83,14 +96,18 @@ def main() -> None:
         rows.append(row)
         print(path.stem, "  ".join(f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in row.items() if k != "weights"),
               f"({time.perf_counter() - start:.0f} s)", flush=True)
-    steps = rows[: len(checkpoints)]
-    target = np.array([np.mean(r["oxford"]) for r in steps])
-    print(f"\ncorrelation with Oxford's (SL + L) / 2 over {len(steps)} checkpoints:")
-    for n in names[:-1]:
-        x = np.array([np.mean(r[n]) for r in steps])
-        pick = int(np.argmax(x))
-        print(f"  {n}: Spearman {spearman(x, target):+.2f}, Pearson {np.corrcoef(x, target)[0, 1]:+.2f}; "
-              f"selects {Path(steps[pick]['weights']).stem} (Oxford {target[pick]:.1f}; best {target.max():.1f})")
+    by_weights = {r["weights"]: r for r in rows}
+    groups = {str(run): [by_weights[str(c)] for c in cs] for run, cs in runs.items()}
+    if len(groups) > 1:
+        groups["all runs"] = [r for g in list(groups.values()) for r in g]
+    for label, steps in groups.items():
+        target = np.array([np.mean(r["oxford"]) for r in steps])
+        print(f"\ncorrelation with Oxford's (SL + L) / 2 over the {len(steps)} checkpoints of {label}:")
+        for n in names[:-1]:
+            x = np.array([np.mean(r[n]) for r in steps])
+            pick = int(np.argmax(x))
+            print(f"  {n}: Spearman {spearman(x, target):+.2f}, Pearson {np.corrcoef(x, target)[0, 1]:+.2f}; "
+                  f"selects {steps[pick]['weights']} (Oxford {target[pick]:.1f}; best {target.max():.1f})")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 

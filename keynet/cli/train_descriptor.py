@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--margin", type=float, default=d.margin, help="triplet margin (default: %(default)s)")
     a("--seed", type=int, default=d.seed, help="seeds pairs, initialisation and data order (default: %(default)s)")
     a("--threads", type=int, default=d.threads, help="torch CPU threads (default: all cores)")
+    a("--bf16", action="store_true",
+      help="bfloat16 autocast for the network's forward pass: about 1.8x faster on CPUs with AVX512-BF16 or AMX, "
+           "may be slower on others")
     a("--val-every", type=int, default=d.val_every, help="steps between validation + checkpoint (default: %(default)s)")
     a("--log-every", type=int, default=d.log_every, help="steps between CSV rows (default: %(default)s)")
     a("--max-steps", type=int, default=d.max_steps, help="stop after this many steps, 0 = all epochs (default: %(default)s)")

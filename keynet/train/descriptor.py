@@ -56,6 +56,7 @@ class DescriptorTrainConfig(RunFolders):
     margin: float = 1.0
     seed: int = 0
     threads: int = 0  # 0: torch's default
+    bf16: bool = False  # bfloat16 autocast of the network's forward pass (the loss and the weights stay float32)
     val_every: int = 200
     log_every: int = 20
     max_steps: int = 0  # 0: all epochs
@@ -242,7 +243,7 @@ def train_descriptor(conf: DescriptorTrainConfig, resume: bool = False, progress
     last = out / "last.pt"
     if resume and last.is_file():
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        if _run_defining(ckpt["config"]) != _run_defining(asdict(conf)):
+        if _run_defining({"bf16": False, **ckpt["config"]}) != _run_defining(asdict(conf)):  # runs from before --bf16
             raise ValueError(f"{last} was made with other settings; start a new run in another folder")
         net.load_state_dict(ckpt["net"])
         opt.load_state_dict(ckpt["opt"])
@@ -264,7 +265,9 @@ def train_descriptor(conf: DescriptorTrainConfig, resume: bool = False, progress
     while step < total:
         epoch, within = divmod(step, steps_per_epoch)
         idx = epoch_order(conf.seed, epoch, n)[within * conf.batch_size : (within + 1) * conf.batch_size].numpy()
-        loss = hardest_triplet_loss(net(_batch(train_set["anchor"], idx)), net(_batch(train_set["positive"], idx)), conf.margin)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=conf.bf16):
+            anchor, positive = net(_batch(train_set["anchor"], idx)), net(_batch(train_set["positive"], idx))
+        loss = hardest_triplet_loss(anchor.float(), positive.float(), conf.margin)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -82,20 +82,17 @@ def main() -> None:
     rows = []
     for path in [*(c for cs in runs.values() for c in cs), *map(Path, args.extra)]:
         start = time.perf_counter()
-        if str(path) in known:
-            rows.append(known[str(path)])
-            print(path.stem, "  ".join(f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in rows[-1].items() if k != "weights"),
-                  "(reused)", flush=True)
-            continue
-        det = make_detector(f"keynet:{path},model={model}", DETECTION_BUDGET)
-        res = evaluate([det], crops, sift, top_k=args.val_top_k, progress=False)[det.name]
-        res.update(evaluate([det], others, sift, progress=False)[det.name])
-        row = {"weights": str(path), **{n: scores(res[ds.name]["pairs"]) for n, ds in zip(names, sets)}}
-        oxford_pairs = res[sets[-1].name]["pairs"]
-        row.update({g: scores(oxford_pairs, seqs) for g, seqs in OXFORD_GROUPS.items()})
+        row = known.get(str(path))
+        if row is None:
+            det = make_detector(f"keynet:{path},model={model}", DETECTION_BUDGET)
+            res = evaluate([det], crops, sift, top_k=args.val_top_k, progress=False)[det.name]
+            res.update(evaluate([det], others, sift, progress=False)[det.name])
+            row = {"weights": str(path), **{n: scores(res[ds.name]["pairs"]) for n, ds in zip(names, sets)}}
+            oxford_pairs = res[sets[-1].name]["pairs"]
+            row.update({g: scores(oxford_pairs, seqs) for g, seqs in OXFORD_GROUPS.items()})
         rows.append(row)
         print(path.stem, "  ".join(f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in row.items() if k != "weights"),
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
+              "(reused)" if str(path) in known else f"({time.perf_counter() - start:.0f} s)", flush=True)
     by_weights = {r["weights"]: r for r in rows}
     groups = {str(run): [by_weights[str(c)] for c in cs] for run, cs in runs.items()}
     if len(groups) > 1:

@@ -243,7 +243,8 @@ def train_descriptor(conf: DescriptorTrainConfig, resume: bool = False, progress
     last = out / "last.pt"
     if resume and last.is_file():
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        if _run_defining({"bf16": False, **ckpt["config"]}) != _run_defining(asdict(conf)):  # runs from before --bf16
+        saved = {**asdict(DescriptorTrainConfig()), **ckpt["config"]}  # options added since the run: their defaults
+        if _run_defining(saved) != _run_defining(asdict(conf)):
             raise ValueError(f"{last} was made with other settings; start a new run in another folder")
         net.load_state_dict(ckpt["net"])
         opt.load_state_dict(ckpt["opt"])

@@ -21,6 +21,7 @@ from keynet.train.descriptor import (
     detected_positives,
     hardest_triplet_loss,
     map_keypoints,
+    patch_jitter,
     train_descriptor,
 )
 
@@ -85,7 +86,7 @@ def test_hardest_triplet_loss_by_hand():
 
 def test_loss_falls_and_resume_continues_the_same_run(image_dir: Path, tmp_path: Path):
     quiet = dict(progress=False, log=lambda s: None)
-    full = train_descriptor(small_conf(image_dir, tmp_path / "full"), **quiet)
+    full = train_descriptor(small_conf(image_dir, tmp_path / "full", patch_jitter=0.5), **quiet)
     patches = np.load(tmp_path / "full" / "patches_train.npz")
     assert patches["anchor"].shape[1:] == (32, 32) and len(patches["anchor"]) == len(patches["positive"]) >= 32
     # corresponding patches are alike: their correlation beats that of shuffled pairs
@@ -99,8 +100,8 @@ def test_loss_falls_and_resume_continues_the_same_run(image_dir: Path, tmp_path:
 
     # the same run, stopped after step 5 and resumed, ends with the same weights
     steps = full["steps"]
-    train_descriptor(small_conf(image_dir, tmp_path / "split", max_steps=5), **quiet)
-    resumed = train_descriptor(small_conf(image_dir, tmp_path / "split"), resume=True, **quiet)
+    train_descriptor(small_conf(image_dir, tmp_path / "split", patch_jitter=0.5, max_steps=5), **quiet)
+    resumed = train_descriptor(small_conf(image_dir, tmp_path / "split", patch_jitter=0.5), resume=True, **quiet)
     assert resumed["steps"] == steps
     x = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["net"]
     y = torch.load(tmp_path / "split" / "last.pt", weights_only=False)["net"]
@@ -108,6 +109,21 @@ def test_loss_falls_and_resume_continues_the_same_run(image_dir: Path, tmp_path:
         assert torch.allclose(x[k], y[k], atol=1e-6), k
     with pytest.raises(ValueError, match="other settings"):
         train_descriptor(small_conf(image_dir, tmp_path / "split", lr=1e-2), resume=True, **quiet)
+
+
+def test_patch_jitter_changes_exposure_per_patch_and_p0_is_identity():
+    torch.manual_seed(0)
+    flat = torch.full((64, 1, 32, 32), 0.5)
+    assert torch.equal(patch_jitter(0.0)(flat), flat)
+    out = patch_jitter(1.0)(flat)
+    assert out.shape == flat.shape and out.min() >= 0.0 and out.max() <= 1.0
+    # gamma in [0.5, 2] moves a flat 0.5 patch's mean within [0.25, 0.71] (plus the ramp of at most 0.3)
+    means = out.mean(dim=(1, 2, 3))
+    assert means.std() > 0.03 and means.min() >= 0.25 - 0.3 and means.max() <= 0.5**0.5 + 0.3
+    # the ramp makes every patch vary linearly along x or y: one of its axes stays constant
+    rows_const = (out - out[:, :, :1, :]).abs().amax(dim=(1, 2, 3)) < 1e-6
+    cols_const = (out - out[:, :, :, :1]).abs().amax(dim=(1, 2, 3)) < 1e-6
+    assert bool((rows_const ^ cols_const).all())
 
 
 def test_bf16_training_follows_the_float32_run(image_dir: Path, tmp_path: Path):

@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--bf16", action="store_true",
       help="bfloat16 autocast for the network's forward pass: about 1.8x faster on CPUs with AVX512-BF16 or AMX, "
            "may be slower on others")
+    a("--patch-jitter", type=float, default=d.patch_jitter,
+      help="probability of a random gamma (0.5-2) and of a linear illumination ramp on each training patch (default: %(default)s)")
     a("--val-every", type=int, default=d.val_every, help="steps between validation + checkpoint (default: %(default)s)")
     a("--log-every", type=int, default=d.log_every, help="steps between CSV rows (default: %(default)s)")
     a("--max-steps", type=int, default=d.max_steps, help="stop after this many steps, 0 = all epochs (default: %(default)s)")

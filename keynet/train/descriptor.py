@@ -57,6 +57,7 @@ class DescriptorTrainConfig(RunFolders):
     seed: int = 0
     threads: int = 0  # 0: torch's default
     bf16: bool = False  # bfloat16 autocast of the network's forward pass (the loss and the weights stay float32)
+    patch_jitter: float = 0.0  # probability of each of a random gamma and a linear illumination ramp per training patch
     val_every: int = 200
     log_every: int = 20
     max_steps: int = 0  # 0: all epochs
@@ -185,6 +186,18 @@ def _batch(patches: np.ndarray, idx: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(patches[idx]).float().div_(255.0)[:, None]
 
 
+def patch_jitter(p: float) -> torch.nn.Module:
+    """Photometric changes drawn per patch (B, 1, H, W) in [0, 1], on top of the image-level jitter
+    of the synthetic pairs: with probability ``p`` a gamma in [0.5, 2] (a non-linear exposure
+    change, which HardNet's per-patch mean/std normalisation does not remove), and independently
+    with probability ``p`` a linear illumination ramp across the patch (a shadow or light edge).
+    Draws from torch's global generator, whose state the checkpoints keep."""
+    import kornia.augmentation as KA
+
+    return torch.nn.Sequential(KA.RandomGamma(gamma=(0.5, 2.0), p=p),
+                               KA.RandomLinearIllumination(gain=(0.05, 0.3), p=p))
+
+
 @torch.no_grad()
 def validate(net: torch.nn.Module, val: dict[str, np.ndarray], margin: float, chunk: int = 1000) -> tuple[float, float]:
     """Loss and nearest-neighbour accuracy (%) on the validation patches, in chunks of ``chunk`` pairs:
@@ -260,6 +273,7 @@ def train_descriptor(conf: DescriptorTrainConfig, resume: bool = False, progress
                      "best": best, "wall_s": wall_before + time.perf_counter() - start_wall, "config": asdict(conf),
                      "rng": torch.get_rng_state()}, last)
 
+    jitter = patch_jitter(conf.patch_jitter) if conf.patch_jitter > 0 else torch.nn.Identity()
     net.train()
     running = []
     bar = tqdm(total=total, initial=step, desc="train", disable=not progress, mininterval=2.0)
@@ -267,7 +281,8 @@ def train_descriptor(conf: DescriptorTrainConfig, resume: bool = False, progress
         epoch, within = divmod(step, steps_per_epoch)
         idx = epoch_order(conf.seed, epoch, n)[within * conf.batch_size : (within + 1) * conf.batch_size].numpy()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=conf.bf16):
-            anchor, positive = net(_batch(train_set["anchor"], idx)), net(_batch(train_set["positive"], idx))
+            anchor = net(jitter(_batch(train_set["anchor"], idx)))
+            positive = net(jitter(_batch(train_set["positive"], idx)))
         loss = hardest_triplet_loss(anchor.float(), positive.float(), conf.margin)
         opt.zero_grad()
         loss.backward()

@@ -97,43 +97,6 @@ def subpixel_offsets(score: torch.Tensor, v: torch.Tensor, u: torch.Tensor) -> t
     return du, dv
 
 
-def laplacian_scales(level: torch.Tensor, v: torch.Tensor, u: torch.Tensor, sigma: float,
-                     octaves: float = 0.5, steps: int = 4) -> torch.Tensor:
-    """Scale factors (N,) of keypoints at level pixels (v, u) of a (h, w) ``level`` image, chosen as
-    Harris-Laplace and SIFT choose scale: the extremum over scale of the scale-normalised Laplacian
-    of Gaussian ``sigma_k^2 * LoG(sigma_k)`` at the keypoint, over ``sigma_k = sigma * 2^(k * octaves /
-    steps)`` for k = -steps..steps, refined by the parabola through the extremum and its neighbours. The factor is
-    ``sigma_k / sigma``; a keypoint whose largest magnitude is at either end of the range (no
-    extremum inside it) keeps factor 1, its level's scale.
-
-    Written by hand because OpenCV and kornia compute Laplacians of whole images only; this one
-    costs a dot product per keypoint and scale.
-    """
-    ks = torch.arange(-steps, steps + 1, dtype=torch.float64) * (octaves / steps)
-    sigmas = sigma * 2.0 ** ks
-    half = int(math.ceil(3 * float(sigmas[-1])))
-    t = torch.arange(-half, half + 1, dtype=torch.float64)
-    r2 = (t[:, None] ** 2 + t[None, :] ** 2)[None]
-    s2 = (sigmas**2)[:, None, None]
-    g = torch.exp(-r2 / (2 * s2))
-    g = g / g.sum(dim=(1, 2), keepdim=True)
-    kernels = (r2 - 2 * s2) / s2 * g  # sigma^2 * LoG
-    kernels = kernels - kernels.mean(dim=(1, 2), keepdim=True)  # zero response to a constant image
-    img = F.pad(level[None, None].double() if level.ndim == 2 else level.double(), (half,) * 4, mode="replicate")[0, 0]
-    rows = (v[:, None] + half + t.long()[None, :])[:, :, None]
-    cols = (u[:, None] + half + t.long()[None, :])[:, None, :]
-    patches = img[rows, cols]  # (N, K, K)
-    mag = torch.einsum("nij,kij->nk", patches, kernels).abs()
-    best = mag.argmax(dim=1)
-    inner = (best > 0) & (best < len(ks) - 1)
-    i = best.clamp(1, len(ks) - 2)
-    lo, c, hi = (mag.gather(1, (i + d)[:, None])[:, 0] for d in (-1, 0, 1))
-    curv = lo - 2 * c + hi
-    off = torch.where(curv < 0, -(hi - lo) / (2 * curv), torch.zeros_like(c)).clamp(-0.5, 0.5)
-    k = (ks[i] + off * (octaves / steps)).where(inner, torch.zeros_like(c))
-    return 2.0**k
-
-
 class LevelScorer:
     """Keypoints of one pyramid level: the network's response (in row bands when the level is
     large), strict maxima above the score threshold and outside the border, and their mapping from
@@ -237,8 +200,6 @@ class LevelScorer:
         x = self.map(u.double() + du, fx)
         y = self.map(v.double() + dv, fy)
         scale = torch.full_like(x, self.scale(fx, fy))
-        if c["scale_sigma"] > 0:
-            scale = scale * laplacian_scales(level[0, 0], v, u, c["scale_sigma"])
         return torch.stack([x, y, scale, s.double()], 1)
 
 
@@ -273,7 +234,6 @@ class KeyNetDetector(nn.Module):
         "band_pixels": 2**22,  # larger levels run the network and the suppression in row bands (memory)
         "precision": "float32",  # or "bfloat16" for Key.Net's learned convolutions (see FastKeyNet)
         "subpixel": False,  # refine positions to the response's parabola vertex (not in the paper)
-        "scale_sigma": 0.0,  # > 0: scale by the Laplacian's extremum about this sigma, level pixels (not in the paper)
     }
     def __init__(
         self,

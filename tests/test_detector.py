@@ -258,19 +258,6 @@ def test_subpixel_refinement_finds_a_peak_between_pixels():
     assert abs(refined[0] - x0) < 0.05 and abs(refined[1] - y0) < 0.05
 
 
-def test_laplacian_scale_is_the_blob_sigma_and_follows_a_zoom():
-    # A Gaussian blob of std s has its scale-normalised Laplacian extremum at sigma = s (Lindeberg),
-    # so with scale_sigma=2 the radius is scale_mult * s / 2 while s lies inside [2 / sqrt(2), 2 * sqrt(2)]
-    # and the level's own radius outside it.
-    yy, xx = np.mgrid[0:64, 0:64]
-    opts = dict(network=Identity(), num_keypoints=1, up_levels=0, pyramid_levels=0, scale_sigma=2.0)
-    for s, expected in ((1.6, 22 * 0.8), (2.0, 22.0), (2.5, 22 * 1.25), (4.0, 22.0)):
-        image = torch.from_numpy(np.exp(-((xx - 31) ** 2 + (yy - 33) ** 2) / (2 * s**2)).astype(np.float32))
-        scale = KeyNetDetector(**opts).detect(image)["scales"][0].item()
-        assert scale == pytest.approx(expected, rel=0.01), s
-    assert KeyNetDetector(**{**opts, "scale_sigma": 0.0}).detect(image)["scales"][0].item() == 22.0
-
-
 def test_subpixel_offsets_by_hand():
     from keynet.detector import subpixel_offsets
 

@@ -189,3 +189,15 @@ def test_loss_ignores_the_part_of_a_view_the_other_does_not_see():
     assert loss.item() > 0
     assert msip_loss(changed, b, h)[0].item() == pytest.approx(loss.item(), rel=1e-12)
     assert a.grad[0, 0][unseen].abs().max() == 0.0 and a.grad[0, 0][~unseen].abs().max() > 0
+
+
+def test_sparsity_loss_by_hand_and_scale_free():
+    from keynet.train.loss import sparsity_loss
+
+    r = torch.tensor([[[[2.0, -1.0], [1.0, 0.0]]], [[[-3.0, -1.0], [0.0, 0.0]]]])
+    # image 0: positive mass (2 + 1) / 4 pixels over its peak 2 = 0.375; image 1 has no positive pixel
+    assert sparsity_loss(r).item() == pytest.approx((0.375 + 0.0) / 2)
+    assert sparsity_loss(7.5 * r).item() == pytest.approx(sparsity_loss(r).item())
+    x = r.clone().requires_grad_(True)
+    sparsity_loss(x).backward()  # pushes only the positive pixels down
+    assert (x.grad[r > 0] > 0).all() and (x.grad[r <= 0] == 0).all()

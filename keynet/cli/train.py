@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--lr-decay-epochs", type=float, default=d.lr_decay_epochs, help="step: epochs between decays (default: %(default)s, released code)")
     a("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay (default: %(default)s)")
     a("--border", type=int, default=d.border, help="ignored frame of the score maps in the loss, px (default: %(default)s)")
+    a("--sparsity", type=float, default=d.sparsity, help="weight of a term pulling the response to zero away from keypoints (mean positive response / peak), 0 = M-SIP alone (default: %(default)s)")
     a("--temperature", type=float, default=d.temperature, help="softmax temperature of the loss's window weighting; <1 trains the strongest windows more (default: %(default)s)")
     a("--seed", type=int, default=d.seed, help="seeds pairs, initialisation and data order (default: %(default)s)")
     a("--threads", type=int, default=d.threads, help="torch CPU threads per process (default: %(default)s)")

@@ -37,7 +37,7 @@ from ..io.files import write_atomic
 from ..io.image import load_image
 from ..model import KeyNet, build_model
 from ..paths import shared_data_dir
-from .loss import MSIP_SIZES, MSIP_WEIGHTS, msip_loss
+from .loss import MSIP_SIZES, MSIP_WEIGHTS, msip_loss, sparsity_loss
 from .synthesis import HOMOGRAPHY_PRESETS, JitterConfig, PairConfig, load_or_generate, photo_folder
 
 CSV_FIELDS = ("step", "epoch", "wall_s", "lr", "loss", "score_max", "pos_share", "val_loss", "val_rep_SL", "val_rep_L")
@@ -94,6 +94,7 @@ class TrainConfig(RunFolders):
     weight_decay: float = 0.0  # the released code defines 1e-5 but does not apply it
     border: int = 16
     temperature: float = 1.0  # softmax temperature of the loss's window weighting (see loss.ip_loss)
+    sparsity: float = 0.0  # weight of loss.sparsity_loss added to M-SIP (0: the paper's loss)
     msip_sizes: tuple[int, ...] = MSIP_SIZES
     msip_weights: tuple[float, ...] = MSIP_WEIGHTS
     seed: int = 0
@@ -114,7 +115,7 @@ class TrainConfig(RunFolders):
 
 # Options that must match for a resumed run to be the same run.
 _RESUME_KEYS = ("model", "image_dir", "preset", "num_pairs", "crop", "epochs", "batch_size", "lr", "lr_schedule",
-                "min_lr_ratio", "lr_decay", "lr_decay_epochs", "weight_decay", "border", "temperature", "msip_sizes", "msip_weights", "seed")
+                "min_lr_ratio", "lr_decay", "lr_decay_epochs", "weight_decay", "border", "temperature", "sparsity", "msip_sizes", "msip_weights", "seed")
 
 
 def init_weights(model: nn.Module, seed: int) -> None:
@@ -338,7 +339,7 @@ def train(conf: TrainConfig, resume: bool = False, log: Callable[[str], None] = 
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.is_file():
         ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
-        old = ckpt["config"]
+        old = {**asdict(TrainConfig()), **ckpt["config"]}  # options added since the run: their defaults
         diff = {k: (old.get(k), getattr(conf, k)) for k in _RESUME_KEYS if _norm(old.get(k)) != _norm(getattr(conf, k))}
         if diff:
             raise ValueError(f"cannot resume {last_path}: options differ from the checkpoint's {diff}")
@@ -397,6 +398,8 @@ def train(conf: TrainConfig, resume: bool = False, log: Callable[[str], None] = 
             score = model(torch.cat([src, dst]))
         score = score.float()
         loss, _ = msip_loss(score[: len(idx)], score[len(idx) :], h, conf.msip_sizes, conf.msip_weights, conf.border, conf.temperature)
+        if conf.sparsity > 0:
+            loss = loss + conf.sparsity * sparsity_loss(score)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -141,6 +141,15 @@ def ip_loss(score: torch.Tensor, target_map: torch.Tensor, n: int, temperature: 
     return 1000.0 * (weights * valid * dist).mean()
 
 
+def sparsity_loss(score: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``mean(relu(R)) / max(R)`` per (1, H, W) response ``R`` (the maximum
+    without gradient): the positive mass of each map relative to its peak, in [0, 1]. Like M-SIP it
+    does not change when the response is scaled, and added to it with a weight it pulls the response
+    to zero away from the keypoints, which M-SIP alone leaves free (it only scores window maxima)."""
+    peak = score.detach().flatten(1).amax(1).clamp_min(_EPS)
+    return (F.relu(score).flatten(1).mean(1) / peak).mean()
+
+
 def msip_loss(
     score_a: torch.Tensor,
     score_b: torch.Tensor,

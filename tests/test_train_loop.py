@@ -80,6 +80,25 @@ def test_resume_continues_the_same_run(image_dir: Path, tmp_path: Path):
         train(small_conf(image_dir, tmp_path / "split", epochs=4, lr=1e-2), resume=True, log=lambda s: None)
 
 
+def test_sparsity_term_lowers_the_positive_share(image_dir: Path, tmp_path: Path):
+    share = {}
+    for w in (0.0, 30000.0):
+        train(small_conf(image_dir, tmp_path / f"w{w:g}", epochs=4, sparsity=w), log=lambda s: None)
+        share[w] = np.mean([float(r["pos_share"]) for r in read_csv(tmp_path / f"w{w:g}" / "log.csv") if r["loss"]])
+    assert share[30000.0] < share[0.0] - 0.1, share
+
+
+def test_a_run_saved_before_an_option_existed_resumes_with_its_default(image_dir: Path, tmp_path: Path):
+    train(small_conf(image_dir, tmp_path / "old", epochs=4, max_steps=6), log=lambda s: None)
+    last = tmp_path / "old" / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    del ckpt["config"]["sparsity"]
+    torch.save(ckpt, last)
+    assert train(small_conf(image_dir, tmp_path / "old", epochs=4), resume=True, log=lambda s: None)["steps"] == 8
+    with pytest.raises(ValueError, match="options differ"):
+        train(small_conf(image_dir, tmp_path / "old", epochs=4, sparsity=1.0), resume=True, log=lambda s: None)
+
+
 def test_cli_exports_loadable_weights(image_dir: Path, tmp_path: Path):
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)

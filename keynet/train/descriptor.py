@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from keynet.io.files import write_atomic
-from keynet.train.loop import CsvLog, RunFolders, atomic_save, epoch_order, git_commit
+from keynet.train.loop import CsvLog, RunFolders, atomic_save, epoch_order, git_commit, saved_options
 from keynet.train.synthesis import HOMOGRAPHY_PRESETS, JitterConfig, PairConfig, load_or_generate
 
 CSV_FIELDS = ("step", "epoch", "wall_s", "lr", "loss", "val_loss", "val_accuracy")
@@ -256,8 +256,7 @@ def train_descriptor(conf: DescriptorTrainConfig, resume: bool = False, progress
     last = out / "last.pt"
     if resume and last.is_file():
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        saved = {**asdict(DescriptorTrainConfig()), **ckpt["config"]}  # options added since the run: their defaults
-        if _run_defining(saved) != _run_defining(asdict(conf)):
+        if _run_defining(saved_options(ckpt["config"], DescriptorTrainConfig())) != _run_defining(asdict(conf)):
             raise ValueError(f"{last} was made with other settings; start a new run in another folder")
         net.load_state_dict(ckpt["net"])
         opt.load_state_dict(ckpt["opt"])

@@ -118,6 +118,12 @@ _RESUME_KEYS = ("model", "image_dir", "preset", "num_pairs", "crop", "epochs", "
                 "min_lr_ratio", "lr_decay", "lr_decay_epochs", "weight_decay", "border", "temperature", "sparsity", "msip_sizes", "msip_weights", "seed")
 
 
+def saved_options(config: dict[str, Any], defaults: Any) -> dict[str, Any]:
+    """A checkpoint's stored ``config``, with the value in ``defaults`` (a config dataclass) for each
+    option added since the run was saved, so that older runs still resume."""
+    return {**asdict(defaults), **config}
+
+
 def init_weights(model: nn.Module, seed: int) -> None:
     """He-normal convolutions, zero biases (as the released code). PyTorch's default init gives an
     all-zero response after the final ReLU that never starts learning."""
@@ -339,8 +345,8 @@ def train(conf: TrainConfig, resume: bool = False, log: Callable[[str], None] = 
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.is_file():
         ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
-        old = {**asdict(TrainConfig()), **ckpt["config"]}  # options added since the run: their defaults
-        diff = {k: (old.get(k), getattr(conf, k)) for k in _RESUME_KEYS if _norm(old.get(k)) != _norm(getattr(conf, k))}
+        old = saved_options(ckpt["config"], TrainConfig())
+        diff = {k: (old[k], getattr(conf, k)) for k in _RESUME_KEYS if _norm(old[k]) != _norm(getattr(conf, k))}
         if diff:
             raise ValueError(f"cannot resume {last_path}: options differ from the checkpoint's {diff}")
         net.load_state_dict(ckpt["state_dict"])

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from keynet.detector import KeyNetDetector, _Pyramid
 from keynet.model import build_model
 from keynet.cli import train as cli
-from keynet.train.loop import TrainConfig, epoch_order, init_weights, learning_rate, to_views, train
+from keynet.train.loop import TrainConfig, epoch_order, init_weights, learning_rate, response_stack, to_views, train
 from keynet.train.loss import msip_loss
 from keynet.train.synthesis import HOMOGRAPHY_PRESETS, JitterConfig, PairConfig, load_or_generate
 from keynet.weights import load_model, load_state_dict_file
@@ -204,3 +205,31 @@ def test_resume_with_another_number_of_processes_continues_the_schedule(image_di
     ref_rows = [r for r in read_csv(reference / "log.csv") if r["loss"]]
     assert [int(r["step"]) for r in rows] == [int(r["step"]) for r in ref_rows] == [1, 2, 3, 4]
     assert [r["lr"] for r in rows] == [r["lr"] for r in ref_rows]
+
+
+def test_response_stack_levels_are_the_detectors_levels():
+    net = load_model(None, "keynet")
+    det = KeyNetDetector()
+    image = torch.rand(1, 1, 96, 120)
+    stack = response_stack(net, image, 3, det.conf["scale_factor"])
+    assert stack.shape == (1, 3, 96, 120)
+    pyramid = _Pyramid(det, image)
+    with torch.no_grad():
+        for j in range(3):
+            level = net(pyramid.level(pyramid.num_up + j))  # the detector's own downsampled level j
+            expected = torch.nn.functional.interpolate(level, size=(96, 120), mode="bilinear", align_corners=False)
+            assert torch.allclose(stack[:, j : j + 1], expected, atol=1e-5), j
+
+
+def test_scale_loss_fine_tunes_from_init_weights(image_dir: Path, tmp_path: Path):
+    start = tmp_path / "start.pth"
+    torch.save(load_model(None, "keynet").state_dict(), start)
+    conf = small_conf(image_dir, tmp_path / "ft", epochs=1, max_steps=2, lr=1e-4, init=str(start), scale_weight=1.0, scale_levels=3)
+    train(conf, log=lambda s: None)
+    tuned = load_state_dict_file(tmp_path / "ft" / "last.pt")
+    shipped = load_model(None, "keynet").state_dict()
+    weight = "feature_extractor.lb_block.conv0.0.weight"
+    change = (tuned[weight] - shipped[weight]).abs().max().item()
+    assert 0 < change < 1e-2  # two small Adam steps from the shipped weights, not a fresh initialisation
+    with pytest.raises(ValueError, match="options differ"):
+        train(replace(conf, scale_weight=0.5, max_steps=3), resume=True, log=lambda s: None)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from keynet.train.loss import MSIP_SIZES, MSIP_WEIGHTS, ip_layer, msip_loss, warp_to, window_argmax
+from keynet.train.loss import MSIP_SIZES, MSIP_WEIGHTS, ip_layer, msip_loss, warp_stack_to, warp_to, window_argmax
 
 
 def translation(tx: float, ty: float) -> torch.Tensor:
@@ -201,3 +201,59 @@ def test_sparsity_loss_by_hand_and_scale_free():
     x = r.clone().requires_grad_(True)
     sparsity_loss(x).backward()  # pushes only the positive pixels down
     assert (x.grad[r > 0] > 0).all() and (x.grad[r <= 0] == 0).all()
+
+
+# The scale-space form: stacks of L pyramid levels, sqrt(2) apart as in the detector.
+ROOT2 = math.sqrt(2.0)
+
+
+def zoom(s: float) -> torch.Tensor:
+    return torch.tensor([[[s, 0.0, 0.0], [0.0, s, 0.0], [0.0, 0.0, 1.0]]])
+
+
+def test_warp_stack_moves_a_structure_up_one_level_per_sqrt2_of_zoom():
+    stack = torch.zeros(1, 4, 64, 64)
+    stack[0, 1, 20, 10] = 1.0  # level 1, (x, y) = (10, 20)
+    assert torch.allclose(warp_stack_to(stack, zoom(1.0), (64, 64), ROOT2), stack, atol=1e-5)
+    # Seen sqrt(2) times larger, the structure sits at (10, 20) * sqrt(2) and one level further down.
+    out = warp_stack_to(stack, zoom(ROOT2), (64, 64), ROOT2)
+    level, y, x = np.unravel_index(int(out.argmax()), out.shape[1:])
+    assert (level, y, x) == (2, round(20 * ROOT2), round(10 * ROOT2))
+    assert out[0, [0, 1, 3]].abs().max() < 1e-6
+    # Seen half as large: two levels up, where level 1 - 2 does not exist, so nothing is left.
+    assert warp_stack_to(stack, zoom(0.5), (64, 64), ROOT2).abs().max() < 1e-6
+
+
+def test_ip_layer_and_argmax_give_the_level_of_a_stack():
+    stack = torch.zeros(2, 3, 16, 16)
+    stack[0, 2, 3, 5] = 2.0
+    stack[1, 0, 9, 12], stack[1, 1, 10, 12] = 1.0, 1.0  # a tie between levels goes to the lower one
+    coords, _ = ip_layer(stack, 16)
+    assert coords[0, 0, 0].tolist() == pytest.approx([5.0, 3.0, 2.0])
+    assert coords[1, 0, 0].tolist() == pytest.approx([12.0, 9.5, 0.5])  # soft: between the two
+    target, values = window_argmax(stack, 16)
+    assert target[:, 0, 0].tolist() == [[5.0, 3.0, 2.0], [12.0, 9.0, 0.0]] and values[:, 0, 0].tolist() == [2.0, 1.0]
+
+
+def blobs(points: list[tuple[int, int, int]], levels: int = 4, side: int = 64) -> torch.Tensor:
+    stack = torch.zeros(1, levels, side, side)
+    for level, y, x in points:
+        stack[0, level, y, x] = 1.0
+    return torch.nn.functional.avg_pool2d(stack, 3, 1, 1) * 9.0
+
+
+def test_scale_space_msip_scores_the_level_error():
+    a = blobs([(1, 20, 12), (2, 40, 18), (1, 12, 30), (2, 24, 24)])
+    b = warp_stack_to(a, zoom(ROOT2), (64, 64), ROOT2)  # view b: a zoomed by sqrt(2)
+    kw = dict(sizes=(8,), level_weights=(1.0,), border=4, level_factor=ROOT2)
+    right = msip_loss(a, b, zoom(ROOT2), **kw)[0]
+    one_level_off = msip_loss(a, torch.roll(b, 1, 1), zoom(ROOT2), **kw)[0]
+    # The stacks agree but for the resampling blur of the blobs; one level off costs the full level error.
+    assert right < 0.02 * one_level_off
+    # As a per-map M-SIP (each level on its own), the level shift is invisible.
+    per_level = [msip_loss(a[:, i : i + 1], torch.roll(b, 1, 1)[:, i : i + 1], zoom(ROOT2), **{**kw, "level_factor": None})[0]
+                 for i in range(4)]
+    assert max(per_level) < one_level_off / 4
+    with pytest.raises(ValueError, match="level_factor"):
+        msip_loss(a, b, zoom(ROOT2), sizes=(8,), level_weights=(1.0,))
+

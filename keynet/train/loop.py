@@ -31,12 +31,14 @@ from torch import nn
 from tqdm import tqdm
 
 from ..detector import KeyNetDetector
+from ..inference import downsampled_side, pyrdown
 from ..eval.datasets import load_dataset
 from ..eval.protocols import keynet_repeatability
 from ..io.files import write_atomic
 from ..io.image import load_image
 from ..model import KeyNet, build_model
 from ..paths import shared_data_dir
+from ..weights import load_model
 from .loss import MSIP_SIZES, MSIP_WEIGHTS, msip_loss, sparsity_loss
 from .synthesis import HOMOGRAPHY_PRESETS, JitterConfig, PairConfig, load_or_generate, photo_folder
 
@@ -95,6 +97,12 @@ class TrainConfig(RunFolders):
     border: int = 16
     temperature: float = 1.0  # softmax temperature of the loss's window weighting (see loss.ip_loss)
     sparsity: float = 0.0  # weight of loss.sparsity_loss added to M-SIP (0: the paper's loss)
+    # Weight of M-SIP's scale-space form (loss.msip_loss on stacks of `scale_levels` pyramid levels,
+    # the detector's factor apart) added to the paper's M-SIP: it trains which level a structure fires
+    # on, which the per-map loss leaves free. 0: the paper's loss.
+    scale_weight: float = 0.0
+    scale_levels: int = 4
+    init: str = ""  # weights to start from instead of the seeded initialisation ("" = from scratch)
     msip_sizes: tuple[int, ...] = MSIP_SIZES
     msip_weights: tuple[float, ...] = MSIP_WEIGHTS
     seed: int = 0
@@ -115,7 +123,8 @@ class TrainConfig(RunFolders):
 
 # Options that must match for a resumed run to be the same run.
 _RESUME_KEYS = ("model", "image_dir", "preset", "num_pairs", "crop", "epochs", "batch_size", "lr", "lr_schedule",
-                "min_lr_ratio", "lr_decay", "lr_decay_epochs", "weight_decay", "border", "temperature", "sparsity", "msip_sizes", "msip_weights", "seed")
+                "min_lr_ratio", "lr_decay", "lr_decay_epochs", "weight_decay", "border", "temperature", "sparsity", "scale_weight",
+                "scale_levels", "init", "msip_sizes", "msip_weights", "seed")
 
 
 def saved_options(config: dict[str, Any], defaults: Any) -> dict[str, Any]:
@@ -180,6 +189,18 @@ def to_views(pairs: dict[str, np.ndarray], idx: torch.Tensor) -> tuple[torch.Ten
     src = torch.from_numpy(pairs["src"][i]).float().div_(255.0)[:, None]
     dst = torch.from_numpy(pairs["dst"][i]).float().div_(255.0)[:, None]
     return src, dst, torch.from_numpy(pairs["H"][i]).float()
+
+
+def response_stack(model: nn.Module, views: torch.Tensor, levels: int, factor: float) -> torch.Tensor:
+    """(B, levels, H, W): the response to each of ``levels`` pyramid levels of the (B, 1, H, W)
+    ``views``, made as the detector makes its downsampled levels (``pyrdown`` by ``factor``), and
+    resampled to the views' size (bilinear, pixel centres aligned as the detector maps level pixels)."""
+    size = views.shape[-2:]
+    maps, level = [model(views)], views
+    for _ in range(1, levels):
+        level = pyrdown(level, (downsampled_side(level.shape[-2], factor), downsampled_side(level.shape[-1], factor)))
+        maps.append(nn.functional.interpolate(model(level), size=size, mode="bilinear", align_corners=False))
+    return torch.cat(maps, 1)
 
 
 class RealValidation:
@@ -329,6 +350,8 @@ def train(conf: TrainConfig, resume: bool = False, log: Callable[[str], None] = 
 
     net = build_model(conf.model)
     init_weights(net, conf.seed)
+    if conf.init:
+        net.load_state_dict(load_model(conf.init, conf.model).state_dict())
     net.train()
     model: nn.Module = nn.parallel.DistributedDataParallel(net) if world > 1 else net
     opt = torch.optim.Adam(net.parameters(), lr=conf.lr, weight_decay=conf.weight_decay)
@@ -401,9 +424,14 @@ def train(conf: TrainConfig, resume: bool = False, log: Callable[[str], None] = 
             g["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=conf.bf16):
             # One forward over both views: BatchNorm statistics then cover the pair.
-            score = model(torch.cat([src, dst]))
-        score = score.float()
+            views = torch.cat([src, dst])
+            stack = response_stack(model, views, conf.scale_levels if conf.scale_weight > 0 else 1, KeyNetDetector.default_conf["scale_factor"])
+        stack = stack.float()
+        score = stack[:, :1]
         loss, _ = msip_loss(score[: len(idx)], score[len(idx) :], h, conf.msip_sizes, conf.msip_weights, conf.border, conf.temperature)
+        if conf.scale_weight > 0:
+            loss = loss + conf.scale_weight * msip_loss(stack[: len(idx)], stack[len(idx) :], h, conf.msip_sizes, conf.msip_weights,
+                                                        conf.border, conf.temperature, KeyNetDetector.default_conf["scale_factor"])[0]
         if conf.sparsity > 0:
             loss = loss + conf.sparsity * sparsity_loss(score)
         opt.zero_grad(set_to_none=True)

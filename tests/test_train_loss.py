@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from keynet.train.loss import MSIP_SIZES, MSIP_WEIGHTS, ip_layer, msip_loss, warp_stack_to, warp_to, window_argmax
+from keynet.train.loss import (MSIP_SIZES, MSIP_WEIGHTS, ip_layer, msip_loss, scale_selection_loss, warp_stack_to, warp_to,
+                               window_argmax)
 
 
 def translation(tx: float, ty: float) -> torch.Tensor:
@@ -224,17 +225,6 @@ def test_warp_stack_moves_a_structure_up_one_level_per_sqrt2_of_zoom():
     assert warp_stack_to(stack, zoom(0.5), (64, 64), ROOT2).abs().max() < 1e-6
 
 
-def test_ip_layer_and_argmax_give_the_level_of_a_stack():
-    stack = torch.zeros(2, 3, 16, 16)
-    stack[0, 2, 3, 5] = 2.0
-    stack[1, 0, 9, 12], stack[1, 1, 10, 12] = 1.0, 1.0  # a tie between levels goes to the lower one
-    coords, _ = ip_layer(stack, 16)
-    assert coords[0, 0, 0].tolist() == pytest.approx([5.0, 3.0, 2.0])
-    assert coords[1, 0, 0].tolist() == pytest.approx([12.0, 9.5, 0.5])  # soft: between the two
-    target, values = window_argmax(stack, 16)
-    assert target[:, 0, 0].tolist() == [[5.0, 3.0, 2.0], [12.0, 9.0, 0.0]] and values[:, 0, 0].tolist() == [2.0, 1.0]
-
-
 def blobs(points: list[tuple[int, int, int]], levels: int = 4, side: int = 64) -> torch.Tensor:
     stack = torch.zeros(1, levels, side, side)
     for level, y, x in points:
@@ -242,18 +232,13 @@ def blobs(points: list[tuple[int, int, int]], levels: int = 4, side: int = 64) -
     return torch.nn.functional.avg_pool2d(stack, 3, 1, 1) * 9.0
 
 
-def test_scale_space_msip_scores_the_level_error():
-    a = blobs([(1, 20, 12), (2, 40, 18), (1, 12, 30), (2, 24, 24)])
-    b = warp_stack_to(a, zoom(ROOT2), (64, 64), ROOT2)  # view b: a zoomed by sqrt(2)
-    kw = dict(sizes=(8,), level_weights=(1.0,), border=4, level_factor=ROOT2)
-    right = msip_loss(a, b, zoom(ROOT2), **kw)[0]
-    one_level_off = msip_loss(a, torch.roll(b, 1, 1), zoom(ROOT2), **kw)[0]
-    # The stacks agree but for the resampling blur of the blobs; one level off costs the full level error.
-    assert right < 0.02 * one_level_off
-    # As a per-map M-SIP (each level on its own), the level shift is invisible.
-    per_level = [msip_loss(a[:, i : i + 1], torch.roll(b, 1, 1)[:, i : i + 1], zoom(ROOT2), **{**kw, "level_factor": None})[0]
-                 for i in range(4)]
-    assert max(per_level) < one_level_off / 4
-    with pytest.raises(ValueError, match="level_factor"):
-        msip_loss(a, b, zoom(ROOT2), sizes=(8,), level_weights=(1.0,))
-
+def test_scale_selection_loss_wants_the_level_that_follows_the_zoom():
+    a = blobs([(1, 20, 12), (2, 40, 18), (1, 12, 30), (2, 24, 24), (0, 44, 40), (1, 30, 46)])
+    b = warp_stack_to(a, zoom(ROOT2), (64, 64), ROOT2)  # view b: a zoomed by sqrt(2), one level further down
+    right = scale_selection_loss(a, b, zoom(ROOT2), ROOT2, border=4)
+    assert right < 0.5 * scale_selection_loss(a, torch.roll(b, 1, 1), zoom(ROOT2), ROOT2, border=4)
+    # A gradient step on view a's stack raises, at a blob, the level the other view asks for.
+    x = a.clone().requires_grad_(True)
+    target = torch.roll(b, -1, 1)  # b one level up: a's blob at level 1 is now asked for at level 0
+    scale_selection_loss(x, target, zoom(ROOT2), ROOT2, border=4).backward()
+    assert x.grad[0, 0, 19:22, 11:14].sum() < 0 < x.grad[0, 1, 19:22, 11:14].sum()

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay (default: %(default)s)")
     a("--border", type=int, default=d.border, help="ignored frame of the score maps in the loss, px (default: %(default)s)")
     a("--sparsity", type=float, default=d.sparsity, help="weight of a term pulling the response to zero away from keypoints (mean positive response / peak), 0 = M-SIP alone (default: %(default)s)")
-    a("--scale-weight", type=float, default=d.scale_weight, help="weight of M-SIP over (x, y, pyramid level), which trains the level a structure fires on; 0 = the paper's M-SIP alone (default: %(default)s)")
+    a("--scale-weight", type=float, default=d.scale_weight, help="weight of a cross-entropy over pyramid levels at keypoints, which trains the level a structure fires on to follow its size between the views; 0 = the paper's M-SIP alone (default: %(default)s)")
     a("--scale-levels", type=int, default=d.scale_levels, help="pyramid levels of --scale-weight's loss (default: %(default)s)")
     a("--init", default=d.init, help="weights to start from (fine-tuning) instead of a seeded initialisation")
     a("--temperature", type=float, default=d.temperature, help="softmax temperature of the loss's window weighting; <1 trains the strongest windows more (default: %(default)s)")

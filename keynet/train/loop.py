@@ -39,7 +39,7 @@ from ..io.image import load_image
 from ..model import KeyNet, build_model
 from ..paths import shared_data_dir
 from ..weights import load_model
-from .loss import MSIP_SIZES, MSIP_WEIGHTS, msip_loss, sparsity_loss
+from .loss import MSIP_SIZES, MSIP_WEIGHTS, msip_loss, scale_selection_loss, sparsity_loss
 from .synthesis import HOMOGRAPHY_PRESETS, JitterConfig, PairConfig, load_or_generate, photo_folder
 
 CSV_FIELDS = ("step", "epoch", "wall_s", "lr", "loss", "score_max", "pos_share", "val_loss", "val_rep_SL", "val_rep_L")
@@ -97,7 +97,7 @@ class TrainConfig(RunFolders):
     border: int = 16
     temperature: float = 1.0  # softmax temperature of the loss's window weighting (see loss.ip_loss)
     sparsity: float = 0.0  # weight of loss.sparsity_loss added to M-SIP (0: the paper's loss)
-    # Weight of M-SIP's scale-space form (loss.msip_loss on stacks of `scale_levels` pyramid levels,
+    # Weight of loss.scale_selection_loss (on stacks of the responses to `scale_levels` pyramid levels,
     # the detector's factor apart) added to the paper's M-SIP: it trains which level a structure fires
     # on, which the per-map loss leaves free. 0: the paper's loss.
     scale_weight: float = 0.0
@@ -430,8 +430,8 @@ def train(conf: TrainConfig, resume: bool = False, log: Callable[[str], None] = 
         score = stack[:, :1]
         loss, _ = msip_loss(score[: len(idx)], score[len(idx) :], h, conf.msip_sizes, conf.msip_weights, conf.border, conf.temperature)
         if conf.scale_weight > 0:
-            loss = loss + conf.scale_weight * msip_loss(stack[: len(idx)], stack[len(idx) :], h, conf.msip_sizes, conf.msip_weights,
-                                                        conf.border, conf.temperature, KeyNetDetector.default_conf["scale_factor"])[0]
+            loss = loss + conf.scale_weight * scale_selection_loss(stack[: len(idx)], stack[len(idx) :], h,
+                                                                   KeyNetDetector.default_conf["scale_factor"], border=conf.border)
         if conf.sparsity > 0:
             loss = loss + conf.sparsity * sparsity_loss(score)
         opt.zero_grad(set_to_none=True)

@@ -21,6 +21,9 @@ For one window size N and the direction a -> b (Sec. 3.3 of the paper, and the r
   an all-zero response carry no weight.
 - The loss of the level is ``1000 * mean over windows`` (the released code's scaling); a -> b and
   b -> a are averaged. M-SIP sums the levels with weights (256, 64, 16, 4, 1) for N = (8, ..., 40).
+
+Not in the paper: ``sparsity_loss`` anchors the response's zero level, and ``scale_selection_loss``
+scores the pyramid level each keypoint fires on (``keynet train --sparsity`` and ``--scale-weight``).
 """
 
 from __future__ import annotations
@@ -47,42 +50,34 @@ def ip_layer(score: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Index proposal: one soft keypoint per n x n window.
 
     Args:
-        score: (B, L, H, W) non-negative response; L = 1 for one map, L > 1 for a stack of pyramid
-            levels resampled to one size (``msip_loss``'s scale-space form), whose windows then span
-            every level.
+        score: (B, 1, H, W) non-negative response.
         n: window size.
 
     Returns:
-        ``coords`` (B, H//n, W//n, 2) soft-argmax (x, y) in map pixels, with the level index as a
-        third coordinate when L > 1, and ``soft_scores`` (B, H//n, W//n), the same soft average of
-        the score itself. A window that is all zero has soft score 0 and meaningless coordinates.
+        ``coords`` (B, H//n, W//n, 2) soft-argmax (x, y) in map pixels, and ``soft_scores``
+        (B, H//n, W//n), the same soft average of the score itself. A window that is all zero has
+        soft score 0 and meaningless coordinates.
     """
     hh, ww = score.shape[-2] // n, score.shape[-1] // n
     s = score[..., : hh * n, : ww * n]
-    peak = F.max_pool2d(s.detach(), n).amax(1, keepdim=True)
+    peak = F.max_pool2d(s.detach(), n)
     peak = peak.repeat_interleave(n, -2).repeat_interleave(n, -1)
     weights = torch.exp(s / (peak + _EPS)) - 1.0  # 0 where the score is 0, e - 1 at the maximum
     xx, yy = _pixel_grid(hh * n, ww * n, s)
-    parts = [weights, weights * xx, weights * yy, weights * s]
-    if s.shape[1] > 1:
-        parts.append(weights * torch.arange(s.shape[1], device=s.device, dtype=s.dtype)[:, None, None])
-    # Window sums (over the levels too) of w, w*x, w*y, w*s (and w*level) in one pooling pass.
-    sums = F.avg_pool2d(torch.cat(parts, 1), n).unflatten(1, (len(parts), -1)).sum(2) * float(n * n)
+    # Window sums of w, w*x, w*y, w*s in one pooling pass.
+    sums = F.avg_pool2d(torch.cat([weights, weights * xx, weights * yy, weights * s], 1), n) * float(n * n)
     norm = sums[:, 0] + _EPS
-    coords = torch.stack([sums[:, 1] / norm, sums[:, 2] / norm, *([sums[:, 4] / norm] if len(parts) > 4 else [])], -1)
+    coords = torch.stack([sums[:, 1] / norm, sums[:, 2] / norm], -1)
     return coords, sums[:, 3] / norm
 
 
 def window_argmax(score: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard argmax per n x n window of a (B, L, H, W) response (over its levels too when L > 1):
-    ``coords`` (B, H//n, W//n, 2) as (x, y), with the level as a third coordinate when L > 1, and
-    ``values`` (B, H//n, W//n). Ties between levels go to the lowest level."""
+    """Hard argmax per n x n window: ``coords`` (B, H//n, W//n, 2) as (x, y) and ``values`` (B, H//n, W//n)."""
     hh, ww = score.shape[-2] // n, score.shape[-1] // n
     values, idx = F.max_pool2d(score[..., : hh * n, : ww * n], n, return_indices=True)
-    values, level = values.max(1, keepdim=True)
-    idx = idx.gather(1, level)[:, 0]
-    coords = [idx % (ww * n), idx // (ww * n)] + ([level[:, 0]] if score.shape[1] > 1 else [])
-    return torch.stack(coords, -1).to(score.dtype), values[:, 0]
+    idx = idx[:, 0]
+    coords = torch.stack([idx % (ww * n), idx // (ww * n)], -1).to(score.dtype)
+    return coords, values[:, 0]
 
 
 def _pull_back(h_src_to_dst: torch.Tensor, size: tuple[int, int], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,26 +140,19 @@ def border_mask(shape: tuple[int, int, int, int], border: int, device: torch.dev
 
 
 def _one_way_maps(
-    score_a: torch.Tensor, score_b: torch.Tensor, h_ab: torch.Tensor, border: int, level_factor: float | None = None
+    score_a: torch.Tensor, score_b: torch.Tensor, h_ab: torch.Tensor, border: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """View a's masked response (with gradient) and view b's response warped into a (without).
 
-    Both (B, L, H, W): zero within ``border`` of a's edges and where b does not see (b's border mask
-    pulled back into a; ``x_b = H x_a``, so the pull-back warps by ``H^-1``). A stack of L > 1
-    levels is warped along its levels too (``warp_stack_to``), where b's levels run out included.
+    Both (B, 1, H, W): zero within ``border`` of a's edges and where b does not see (b's border mask
+    pulled back into a; ``x_b = H x_a``, so the pull-back warps by ``H^-1``).
     """
     size = (score_a.shape[-2], score_a.shape[-1])
-    mask_a = border_mask((score_a.shape[0], 1, *size), border, score_a.device, score_a.dtype)
+    mask_a = border_mask(tuple(score_a.shape), border, score_a.device, score_a.dtype)
     mask_b = border_mask(tuple(score_b.shape), border, score_b.device, score_b.dtype)
     h_ba = torch.linalg.inv(h_ab.to(torch.float64)).to(score_a.dtype)
-    if score_a.shape[1] > 1:
-        def warp(x: torch.Tensor) -> torch.Tensor:
-            return warp_stack_to(x, h_ba, size, level_factor)
-    else:
-        def warp(x: torch.Tensor) -> torch.Tensor:
-            return warp_to(x, h_ba, size)
-    visible_a = mask_a * warp(mask_b)
-    target_map = warp(score_b.detach() * mask_b) * visible_a
+    visible_a = mask_a * warp_to(mask_b, h_ba, size)
+    target_map = warp_to(score_b.detach() * mask_b, h_ba, size) * visible_a
     return score_a * visible_a, target_map
 
 
@@ -185,8 +173,7 @@ def ip_loss(score: torch.Tensor, target_map: torch.Tensor, n: int, temperature: 
     ss = ss / (ss.amax(-1, keepdim=True) + _EPS)
     weights = 100.0 * torch.softmax(ss / temperature, -1).reshape(b, hh, ww)
     valid = (target_value > 0) & (soft_scores.detach() > 0)
-    units = coords.new_tensor([n, n, 1.0][: coords.shape[-1]])  # x and y in windows, the level in levels
-    dist = (((coords - target) / units) ** 2).sum(-1)
+    dist = (((coords - target) / n) ** 2).sum(-1)
     return 1000.0 * (weights * valid * dist).mean()
 
 
@@ -207,32 +194,23 @@ def msip_loss(
     level_weights: Sequence[float] = MSIP_WEIGHTS,
     border: int = 16,
     temperature: float = 1.0,
-    level_factor: float | None = None,
 ) -> tuple[torch.Tensor, dict[int, float]]:
     """M-SIP: symmetric IP loss summed over window sizes (scalar), and each level's value.
 
     Args:
-        score_a, score_b: (B, 1, H, W) non-negative responses of the two views (same size), or the
-            scale-space form: (B, L, H, W) stacks of the responses to L pyramid levels
-            ``level_factor`` apart, each resampled to the view's size. Then each window proposes one
-            keypoint in (x, y, level), its target is the other view's maximum over the window and
-            the levels, moved by the homography in position and by the local zoom in level, and the
-            level error (in levels) adds to the position error (in windows).
+        score_a, score_b: (B, 1, H, W) non-negative responses of the two views (same size).
         h_ab: (B, 3, 3) homography from a's pixels to b's pixels.
         sizes, level_weights: window sizes and their weights (defaults: the paper's).
         border: ignored frame in pixels (16 in the released training code).
         temperature: of the window weighting, see ``ip_loss``.
-        level_factor: scale between the levels of a stack (required when L > 1).
     """
-    if score_a.shape[1] > 1 and level_factor is None:
-        raise ValueError(f"a stack of {score_a.shape[1]} levels needs level_factor, the scale between its levels")
     if len(sizes) != len(level_weights):
         raise ValueError("sizes and level_weights must have the same length")
     if score_a.shape != score_b.shape:
         raise ValueError(f"both views must have the same shape, got {tuple(score_a.shape)} and {tuple(score_b.shape)}")
     h_ba = torch.linalg.inv(h_ab.to(torch.float64)).to(h_ab.dtype)
-    a, target_a = _one_way_maps(score_a, score_b, h_ab, border, level_factor)
-    b, target_b = _one_way_maps(score_b, score_a, h_ba, border, level_factor)
+    a, target_a = _one_way_maps(score_a, score_b, h_ab, border)
+    b, target_b = _one_way_maps(score_b, score_a, h_ba, border)
     total = score_a.new_zeros(())
     levels: dict[int, float] = {}
     for n, w in zip(sizes, level_weights):
@@ -241,3 +219,63 @@ def msip_loss(
         total = total + w * level
     return total, levels
 
+
+def scale_selection_loss(
+    stack_a: torch.Tensor,
+    stack_b: torch.Tensor,
+    h_ab: torch.Tensor,
+    level_factor: float,
+    window: int = 8,
+    border: int = 16,
+    temperature: float = 0.05,
+) -> torch.Tensor:
+    """Cross-entropy over the pyramid levels at each view's keypoints (scalar, mean of both ways).
+
+    At the strongest pixel of each ``window`` x ``window`` tile of view a (its response maximum over
+    the levels), the softmax over levels of a's responses there, each divided by ``temperature``
+    times the view's largest response, is scored against the level where view b, warped into a and
+    moved along the levels by the local zoom (``warp_stack_to``), responds most within one pixel.
+    So a structure is to fire on the level that follows its size from one view to the other, which
+    the per-map M-SIP leaves free. Levels that b does not show at a pixel are left out of its
+    softmax, and tiles with fewer than two such levels, or within ``border`` of a's edges, carry no
+    weight.
+
+    Args:
+        stack_a, stack_b: (B, L, H, W) responses to L pyramid levels ``level_factor`` apart, each
+            resampled to the view's size (``keynet.train.loop.response_stack``).
+        h_ab: (B, 3, 3) homography from a's pixels to b's.
+        level_factor: scale between successive levels (the detector's, sqrt(2)).
+        window: tile side, pixels: one keypoint per tile.
+        border: ignored frame, pixels, in both views.
+        temperature: of the softmax, relative to the view's largest response; small values make
+            a difference of a few percent between levels decide.
+    """
+    h_ba = torch.linalg.inv(h_ab.to(torch.float64)).to(h_ab.dtype)
+    return 0.5 * (_level_cross_entropy(stack_a, stack_b, h_ab, level_factor, window, border, temperature)
+                  + _level_cross_entropy(stack_b, stack_a, h_ba, level_factor, window, border, temperature))
+
+
+def _level_cross_entropy(stack_a: torch.Tensor, stack_b: torch.Tensor, h_ab: torch.Tensor, level_factor: float,
+                         window: int, border: int, temperature: float) -> torch.Tensor:
+    size = (stack_a.shape[-2], stack_a.shape[-1])
+    h_ba = torch.linalg.inv(h_ab.to(torch.float64)).to(stack_a.dtype)
+    mask_b = border_mask(tuple(stack_b.shape), border, stack_b.device, stack_b.dtype)
+    seen = warp_stack_to(mask_b, h_ba, size, level_factor) > 0.999  # (B, L, H, W): what b shows of a's levels
+    target = F.max_pool2d(warp_stack_to(stack_b.detach(), h_ba, size, level_factor), 3, 1, 1)
+    target = target.masked_fill(~seen, -math.inf).argmax(1)  # (B, H, W)
+    inside = border_mask((stack_a.shape[0], 1, *size), border, stack_a.device, stack_a.dtype)[:, 0] > 0
+    valid = inside & (seen.sum(1) >= 2)  # at least two levels to choose from
+    peak = stack_a.detach().amax(1)  # (B, H, W)
+    hh, ww = size[0] // window, size[1] // window
+    _, idx = F.max_pool2d(peak.masked_fill(~valid, -math.inf)[:, None, : hh * window, : ww * window], window, return_indices=True)
+    idx = idx.flatten(1)  # index into the (hh * window, ww * window) crop
+    pick = idx // (ww * window) * size[1] + idx % (ww * window)  # (B, T): each tile's keypoint, flat
+    levels = stack_a.shape[1]
+    logits = stack_a.flatten(2).gather(2, pick[:, None].expand(-1, levels, -1))  # (B, L, T)
+    scale = peak.flatten(1).amax(1).clamp_min(_EPS)[:, None, None]  # the view's largest response
+    shown = seen.flatten(2).gather(2, pick[:, None].expand(-1, levels, -1))
+    logits = (logits / (temperature * scale)).masked_fill(~shown, -1e4)
+    labels = target.flatten(1).gather(1, pick)
+    ok = valid.flatten(1).gather(1, pick)
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    return (ce * ok).sum() / ok.sum().clamp_min(1)

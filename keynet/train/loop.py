@@ -31,9 +31,9 @@ from torch import nn
 from tqdm import tqdm
 
 from ..detector import KeyNetDetector
-from ..inference import downsampled_side, pyrdown
 from ..eval.datasets import load_dataset
 from ..eval.protocols import keynet_repeatability
+from ..inference import downsampled_side, pyrdown
 from ..io.files import write_atomic
 from ..io.image import load_image
 from ..model import KeyNet, build_model
@@ -355,6 +355,7 @@ def train(conf: TrainConfig, resume: bool = False, log: Callable[[str], None] = 
     net.train()
     model: nn.Module = nn.parallel.DistributedDataParallel(net) if world > 1 else net
     opt = torch.optim.Adam(net.parameters(), lr=conf.lr, weight_decay=conf.weight_decay)
+    level_factor = KeyNetDetector.default_conf["scale_factor"]  # between the levels of the scale term's stacks
 
     n_pairs = len(train_pairs["H"])
     steps_per_epoch = n_pairs // conf.batch_size
@@ -424,14 +425,12 @@ def train(conf: TrainConfig, resume: bool = False, log: Callable[[str], None] = 
             g["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=conf.bf16):
             # One forward over both views: BatchNorm statistics then cover the pair.
-            views = torch.cat([src, dst])
-            stack = response_stack(model, views, conf.scale_levels if conf.scale_weight > 0 else 1, KeyNetDetector.default_conf["scale_factor"])
+            stack = response_stack(model, torch.cat([src, dst]), conf.scale_levels if conf.scale_weight > 0 else 1, level_factor)
         stack = stack.float()
         score = stack[:, :1]
         loss, _ = msip_loss(score[: len(idx)], score[len(idx) :], h, conf.msip_sizes, conf.msip_weights, conf.border, conf.temperature)
         if conf.scale_weight > 0:
-            loss = loss + conf.scale_weight * scale_selection_loss(stack[: len(idx)], stack[len(idx) :], h,
-                                                                   KeyNetDetector.default_conf["scale_factor"], border=conf.border)
+            loss = loss + conf.scale_weight * scale_selection_loss(stack[: len(idx)], stack[len(idx) :], h, level_factor, border=conf.border)
         if conf.sparsity > 0:
             loss = loss + conf.sparsity * sparsity_loss(score)
         opt.zero_grad(set_to_none=True)

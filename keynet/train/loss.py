@@ -82,17 +82,14 @@ def window_argmax(score: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tens
 
 def _pull_back(h_src_to_dst: torch.Tensor, size: tuple[int, int], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each pixel of a ``size`` (h, w) dst view lies in the source, ``H^-1 @ x_dst``:
-    (B, h*w, 2) as (x, y), and the local zoom of the source relative to dst there, (B, h*w): the
-    square root of the Jacobian determinant of the map, ``|det M| / w^3`` for ``M = H^-1`` and
-    ``w`` the third homogeneous coordinate (a structure of size r in dst has size zoom * r in src)."""
+    (B, h*w, 2) as (x, y), and the third homogeneous coordinate of ``H^-1 @ x_dst``, (B, h*w)."""
     hd, wd = size
     dtype, device = like.dtype, like.device
     yy, xx = torch.meshgrid(torch.arange(hd, device=device, dtype=dtype), torch.arange(wd, device=device, dtype=dtype), indexing="ij")
     pts = torch.stack([xx, yy, torch.ones_like(xx)], -1).reshape(1, -1, 3)  # (1, hd*wd, 3)
-    h_inv = torch.linalg.inv(h_src_to_dst.to(torch.float64))  # (B, 3, 3)
-    src = pts @ h_inv.to(dtype).transpose(1, 2)
-    zoom = (torch.linalg.det(h_inv).abs().to(dtype)[:, None] / src[..., 2].abs().clamp_min(_EPS) ** 3).sqrt()
-    return src[..., :2] / src[..., 2:].clamp_min(_EPS), zoom
+    h_inv = torch.linalg.inv(h_src_to_dst.to(torch.float64)).to(dtype)  # (B, 3, 3)
+    src = pts @ h_inv.transpose(1, 2)
+    return src[..., :2] / src[..., 2:].clamp_min(_EPS), src[..., 2]
 
 
 def _normalised(coord: torch.Tensor, side: int) -> torch.Tensor:
@@ -122,7 +119,11 @@ def warp_stack_to(stack: torch.Tensor, h_src_to_dst: torch.Tensor, size: tuple[i
     source's levels or pixels it reads 0.
     """
     b, levels, hs, ws = stack.shape
-    src, zoom = _pull_back(h_src_to_dst, size, stack)
+    src, w = _pull_back(h_src_to_dst, size, stack)
+    # The zoom of the source relative to dst: the square root of the Jacobian determinant of
+    # x_dst -> H^-1 x_dst, which is det(H^-1) / w^3 = 1 / (det(H) w^3).
+    det = torch.linalg.det(h_src_to_dst.to(torch.float64)).abs().to(stack.dtype)[:, None]
+    zoom = (1.0 / (det * w.abs().clamp_min(_EPS) ** 3)).sqrt()
     shift = torch.log(zoom.clamp_min(_EPS)) / math.log(level_factor)  # (B, N)
     level = torch.arange(levels, device=stack.device, dtype=stack.dtype)[None, :, None] + shift[:, None]  # (B, L, N)
     grid = torch.stack([_normalised(src[..., 0], ws)[:, None].expand_as(level),
@@ -251,14 +252,14 @@ def scale_selection_loss(
             a difference of a few percent between levels decide.
     """
     h_ba = torch.linalg.inv(h_ab.to(torch.float64)).to(h_ab.dtype)
-    return 0.5 * (_level_cross_entropy(stack_a, stack_b, h_ab, level_factor, window, border, temperature)
-                  + _level_cross_entropy(stack_b, stack_a, h_ba, level_factor, window, border, temperature))
+    return 0.5 * (_level_cross_entropy(stack_a, stack_b, h_ba, level_factor, window, border, temperature)
+                  + _level_cross_entropy(stack_b, stack_a, h_ab, level_factor, window, border, temperature))
 
 
-def _level_cross_entropy(stack_a: torch.Tensor, stack_b: torch.Tensor, h_ab: torch.Tensor, level_factor: float,
+def _level_cross_entropy(stack_a: torch.Tensor, stack_b: torch.Tensor, h_ba: torch.Tensor, level_factor: float,
                          window: int, border: int, temperature: float) -> torch.Tensor:
+    """One way of ``scale_selection_loss``: a's levels scored against b's, ``h_ba`` mapping b's pixels to a's."""
     size = (stack_a.shape[-2], stack_a.shape[-1])
-    h_ba = torch.linalg.inv(h_ab.to(torch.float64)).to(stack_a.dtype)
     mask_b = border_mask(tuple(stack_b.shape), border, stack_b.device, stack_b.dtype)
     seen = warp_stack_to(mask_b, h_ba, size, level_factor) > 0.999  # (B, L, H, W): what b shows of a's levels
     target = F.max_pool2d(warp_stack_to(stack_b.detach(), h_ba, size, level_factor), 3, 1, 1)

@@ -18,10 +18,12 @@ from keynet.cli import train_descriptor as cli
 from keynet.features.descriptors import make_descriptor
 from keynet.train.descriptor import (
     DescriptorTrainConfig,
+    _inside,
     detected_positives,
     hardest_triplet_loss,
     map_keypoints,
     patch_jitter,
+    patch_pairs,
     train_descriptor,
 )
 
@@ -69,6 +71,16 @@ def test_detected_positives_take_the_repeating_detection_one_to_one():
     assert detected_positives(mapped, r, found, r_found, 0.6).tolist() == [0, -1, -1, -1]
     assert detected_positives(mapped, r, found, r_found, 0.2).tolist() == [0, 1, -1, -1]
     assert detected_positives(mapped, r, found[:0], r_found[:0], 0.6).tolist() == [-1] * 4
+
+
+def test_border_rule_keeps_whole_patches_or_their_inscribed_circles():
+    # radius 10 in a 100 px view (pixels 0..99): the rotated square reaches 14.14 px, its circle 10 px
+    kps = np.array([[12.0, 50.0], [50.0, 88.0], [50.0, 50.0], [9.0, 50.0]])
+    r = np.full(4, 10.0)
+    assert _inside(kps, r, 100, "square").tolist() == [False, False, True, False]
+    assert _inside(kps, r, 100, "circle").tolist() == [True, True, True, False]
+    with pytest.raises(ValueError, match="border must be one of"):
+        patch_pairs({"H": np.eye(3)[None]}, 10, border="disc")
 
 
 def test_hardest_triplet_loss_by_hand():

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="positive patch at the other view's own repeating detection, or at the mapped keypoint (default: %(default)s)")
     a("--min-overlap", type=float, default=d.min_overlap,
       help="detected positives: circle IoU with the mapped keypoint (default: %(default)s)")
+    a("--border", choices=["square", "circle"], default=d.border,
+      help="keep a keypoint if all of its patch (square) or the patch's inscribed circle lies inside both views; "
+           "circle keeps more coarse-level keypoints, padding the corners by the edge (default: %(default)s)")
     a("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
     a("--batch-size", type=int, default=d.batch_size, help="patch pairs per step (default: %(default)s)")
     a("--lr", type=float, default=d.lr, help="Adam learning rate, cosine decay to 1/100 (default: %(default)s)")

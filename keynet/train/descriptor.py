@@ -49,6 +49,7 @@ class DescriptorTrainConfig(RunFolders):
     num_keypoints: int = 300  # Key.Net detections per crop, before the visibility check
     positives: str = "detected"  # "detected": the other view's own detection; "mapped": the mapped keypoint
     min_overlap: float = 0.6  # "detected": circle IoU of the mapped keypoint and the detection (Key.Net's protocol)
+    border: str = "square"  # the part of each patch that must lie inside both crops: "square" (all of it) or "circle"
     epochs: int = 3
     batch_size: int = 512
     lr: float = 1e-3  # Adam, cosine decay to lr / 100
@@ -78,8 +79,13 @@ def map_keypoints(h: np.ndarray, keypoints: np.ndarray, scales: np.ndarray) -> t
     return mapped, scales * np.sqrt(np.abs(np.linalg.det(jac)))
 
 
-def _inside(keypoints: np.ndarray, scales: np.ndarray, side: int) -> np.ndarray:
-    reach = np.sqrt(2.0) * scales[:, None]  # the rotated square's corners
+BORDER_REACH = {"square": np.sqrt(2.0), "circle": 1.0}  # radii of the rotated patch's corners, of its inscribed circle
+
+
+def _inside(keypoints: np.ndarray, scales: np.ndarray, side: int, border: str) -> np.ndarray:
+    """Whether the ``border`` part of each keypoint's patch, at any angle, lies inside a (side, side) view.
+    Patch pixels outside the view repeat its edge, as in ``extract_patches``."""
+    reach = BORDER_REACH[border] * scales[:, None]
     return np.all((keypoints - reach >= 0) & (keypoints + reach <= side - 1), axis=1)
 
 
@@ -105,19 +111,23 @@ def detected_positives(kps_d: np.ndarray, r_d: np.ndarray, found: np.ndarray, r_
 
 
 def patch_pairs(pairs: dict[str, np.ndarray], num_keypoints: int, progress: bool = True,
-                positives: str = "mapped", min_overlap: float = 0.6) -> dict[str, np.ndarray]:
+                positives: str = "mapped", min_overlap: float = 0.6, border: str = "square") -> dict[str, np.ndarray]:
     """Corresponding (N, 32, 32) uint8 ``anchor`` and ``positive`` patches of the image ``pairs``
     (``src``, ``dst``, ``H`` as made by ``keynet.train.synthesis``), and ``pair`` (N,) the index of
     the image pair each comes from. The positive is sampled at the anchor keypoint mapped into the
     other view (``positives="mapped"``), or at the other view's own Key.Net detection that
     repeats it (``"detected"``: ``detected_positives``), so that the network also meets the
-    detector's position and scale errors, as at test time."""
+    detector's position and scale errors, as at test time. Keypoints whose patch (``border="square"``)
+    or its inscribed circle (``"circle"``: more of the coarse levels, which a small crop rarely holds
+    whole) leaves either view are dropped."""
     from keynet.detector import KeyNetDetector
     from keynet.features.descriptors import extract_patches
     from keynet.features.orientation import GradientOrientation
 
     if positives not in ("mapped", "detected"):
         raise ValueError(f"positives must be 'mapped' or 'detected', not {positives!r}")
+    if border not in BORDER_REACH:
+        raise ValueError(f"border must be one of {', '.join(BORDER_REACH)}, not {border!r}")
     detector = KeyNetDetector(num_keypoints=num_keypoints, subpixel=True)
     orientation = GradientOrientation()
     anchor_patches, positive_patches, index = [], [], []
@@ -133,7 +143,7 @@ def patch_pairs(pairs: dict[str, np.ndarray], num_keypoints: int, progress: bool
             kps_d[ok], r_d[ok] = found[match[ok]], r_found[match[ok]]
         else:
             ok = np.ones(len(kps), bool)
-        keep = ok & _inside(kps, r, src.shape[0]) & _inside(kps_d, r_d, dst.shape[0])
+        keep = ok & _inside(kps, r, src.shape[0], border) & _inside(kps_d, r_d, dst.shape[0], border)
         if not keep.any():
             continue
         views = []
@@ -163,7 +173,7 @@ def load_or_make_patches(conf: DescriptorTrainConfig, split: str, progress: bool
     pair_conf = PairConfig(num_pairs=n, crop=conf.crop, homography=HOMOGRAPHY_PRESETS[conf.preset],
                            jitter=JitterConfig(), seed=conf.seed, split=split)
     patches = patch_pairs(load_or_generate(conf.resolved_image_dir(), pair_conf, conf.resolved_cache_dir(), progress),
-                          conf.num_keypoints, progress, conf.positives, conf.min_overlap)
+                          conf.num_keypoints, progress, conf.positives, conf.min_overlap, conf.border)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: np.savez(tmp, **patches))
     return patches

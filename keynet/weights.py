@@ -1,4 +1,4 @@
-"""Loading Key.Net weights: the package's own trained files or any compatible state dict."""
+"""Weights files: the package's own trained files or any compatible state dict, and their int8 form."""
 
 from __future__ import annotations
 
@@ -18,9 +18,43 @@ def shipped_weights_path(model: str) -> Path:
     return WEIGHTS_DIR / f"{model}.pth"
 
 
+INT8_MIN_NUMEL = 4096  # floating tensors of at least this many elements are stored as int8 by ``to_int8``
+
+
+def to_int8(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``state`` with each floating tensor of at least ``INT8_MIN_NUMEL`` elements as int8, and those
+    tensors' scales: one float32 per output channel (dim 0), ``max |w| / 127`` of the channel, with
+    weights rounded to the nearest step (symmetric, no zero point). ``load_state_dict_file`` undoes it.
+    Written by hand: torch's quantisation APIs make quantised modules, not a plain state dict that
+    any network loads, and kornia's patch networks have no quantised form."""
+    quantised, scales = {}, {}
+    for name, w in state.items():
+        if not (w.is_floating_point() and w.numel() >= INT8_MIN_NUMEL):
+            quantised[name] = w
+            continue
+        scale = (w.detach().float().abs().flatten(1).amax(1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        quantised[name] = torch.round(w.float() / _per_channel(scale, w.ndim)).clamp(-127, 127).to(torch.int8)
+        scales[name] = scale
+    return quantised, scales
+
+
+def _per_channel(scale: torch.Tensor, ndim: int) -> torch.Tensor:
+    return scale.reshape(-1, *[1] * (ndim - 1))
+
+
+def _from_int8(state: dict[str, torch.Tensor], scales: Any, path: Path) -> dict[str, torch.Tensor]:
+    if not isinstance(scales, dict) or not all(
+        isinstance(s, torch.Tensor) and k in state and state[k].dtype == torch.int8 and s.numel() == len(state[k])
+        for k, s in scales.items()
+    ):
+        raise ValueError(f"{path} has int8_scales that do not fit its int8 tensors")
+    return {k: v.float() * _per_channel(scales[k], v.ndim) if k in scales else v for k, v in state.items()}
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``path``: a plain state dict, or a dict holding one under ``state_dict``
-    (the layout of keynet's own files and of the reference ``keynet_pytorch.pth``)."""
+    (the layout of keynet's own files and of the reference ``keynet_pytorch.pth``), with int8 tensors
+    turned back into float32 where the file has ``int8_scales`` (written by ``to_int8``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -28,11 +62,12 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types, with messages of no use here, for a non-checkpoint
         raise ValueError(f"{path} is not a PyTorch weights file (torch.load cannot read it)") from e
+    scales = obj.get("int8_scales") if isinstance(obj, dict) else None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} holds no state dict of tensors")
-    return obj
+    return obj if scales is None else _from_int8(obj, scales, path)
 
 
 def load_model(weights: str | Path | None = None, model: str = "keynet") -> KeyNet:

@@ -20,6 +20,7 @@ from keynet.train.descriptor import (
     DescriptorTrainConfig,
     _inside,
     detected_positives,
+    export_descriptor,
     hardest_triplet_loss,
     map_keypoints,
     patch_jitter,
@@ -162,10 +163,15 @@ def test_cli_exports_a_descriptor_the_extractor_loads(image_dir: Path, tmp_path:
     assert cli.main(args) == 0
     saved = torch.load(tmp_path / "d.pth", weights_only=False)
     assert {"command", "wall_time_s", "args", "config"} <= set(saved["recipe"])
-    desc = make_descriptor(f"hardnet:{tmp_path / 'd.pth'}")
+    assert saved["state_dict"]["features.19.weight"].dtype == torch.int8  # the default export
+    # the same best.pt in float32: the int8 file describes within a few thousandths of it
+    export_descriptor(out / "best.pt", tmp_path / "d32.pth", saved["recipe"], int8=False)
     image = cv2.cvtColor(textured_image(9, 200, 240), cv2.COLOR_BGR2GRAY).astype(np.float32) / 255.0
-    out_desc = desc.compute(image, np.array([[100.0, 120.0], [50.0, 60.0]]), np.array([10.0, 8.0]))
-    assert out_desc.shape == (2, 128) and np.allclose(np.linalg.norm(out_desc, axis=1), 1.0, atol=1e-5)
+    kps, radii = np.array([[100.0, 120.0], [50.0, 60.0], [150.0, 90.0]]), np.array([10.0, 8.0, 12.0])
+    out_desc, out32 = (make_descriptor(f"hardnet:{tmp_path / name}").compute(image, kps, radii) for name in ("d.pth", "d32.pth"))
+    assert out_desc.shape == (3, 128) and np.allclose(np.linalg.norm(out_desc, axis=1), 1.0, atol=1e-5)
+    assert 0 < np.abs(out_desc - out32).max() < 0.02
+    assert (tmp_path / "d.pth").stat().st_size < 0.3 * (tmp_path / "d32.pth").stat().st_size
 
 
 def test_shipped_descriptor_matches_a_real_pair(data_dir: Path):

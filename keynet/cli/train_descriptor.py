@@ -58,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-minutes", type=float, default=d.max_minutes, help="wall-time budget of the training loop, 0 = none (default: %(default)s)")
     a("--no-progress", dest="progress", action="store_false", help="no progress bars")
     a("--resume", action="store_true", help="continue from <out>/last.pt (same options required)")
-    a("--export", default="", help="after training, write the best network with its recipe to this .pth file")
+    a("--export", default="", help="after training, write the best network with its recipe to this .pth file, "
+                                   "in int8 with a float32 scale per output channel (the form the package ships)")
+    a("--export-float32", dest="export_int8", action="store_false", help="write --export in float32 (4x larger)")
     a("--overwrite", action="store_true", help="start a new run in an --out folder that holds one, and replace an existing --export file")
 
 
@@ -85,5 +87,5 @@ def main(args: argparse.Namespace) -> int:
             "patch_pairs": summary["patch_pairs"],
             "best": summary["best"],
         }
-        print(f"wrote {export_descriptor(run / 'best.pt', args.export, recipe)}")
+        print(f"wrote {export_descriptor(run / 'best.pt', args.export, recipe, args.export_int8)}")
     return 0

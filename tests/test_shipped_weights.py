@@ -44,3 +44,11 @@ def test_int8_weights_round_trip_within_half_a_step_per_channel(tmp_path):
     torch.save({"state_dict": q, "int8_scales": {"big.weight": scales["big.weight"][:5]}}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="int8_scales that do not fit"):
         load_state_dict_file(tmp_path / "bad.pth")
+
+
+def test_shipped_descriptor_is_int8_and_carries_its_recipe():
+    from keynet.features.descriptors import SHIPPED_DESCRIPTOR
+
+    saved = torch.load(SHIPPED_DESCRIPTOR, map_location="cpu", weights_only=True)
+    assert saved["state_dict"]["features.19.weight"].dtype == torch.int8  # the 8x8 head, 80 % of the weights
+    assert "keynet train-descriptor" in saved["recipe"]["command"] and saved["recipe"]["args"]["seed"] == 0

@@ -184,6 +184,11 @@ class LevelScorer:
         """Keypoint radius on a level with factors fx, fy (floats, or traced scalars in export)."""
         return 0.5 * (fx + fy) * self.conf["scale_mult"]
 
+    def gain(self, fx, fy):
+        """The factor of a level's scores before the global top-k: its downsampling factor to the
+        power ``level_gamma`` (1 when it is 0, the paper's raw responses)."""
+        return (0.5 * (fx + fy)) ** self.conf["level_gamma"]
+
     def candidates(self, level: torch.Tensor, fx: float, fy: float, mask: torch.Tensor | None) -> torch.Tensor:
         """Maxima of one pyramid level of one image as rows (x, y, scale, score), row-major order."""
         score = self.response(level)
@@ -195,7 +200,7 @@ class LevelScorer:
         if mask is not None:
             inside = self.level_mask(mask, tuple(score.shape[-2:]), fx, fy)[0, 0, v, u]
             v, u = v[inside], u[inside]
-        s = score[0, 0, v, u]
+        s = score[0, 0, v, u] * self.gain(fx, fy)
         du, dv = subpixel_offsets(score[0, 0], v, u) if c["subpixel"] else (0.0, 0.0)
         x = self.map(u.double() + du, fx)
         y = self.map(v.double() + dv, fy)
@@ -234,6 +239,9 @@ class KeyNetDetector(nn.Module):
         "band_pixels": 2**22,  # larger levels run the network and the suppression in row bands (memory)
         "precision": "float32",  # or "bfloat16" for Key.Net's learned convolutions (see FastKeyNet)
         "subpixel": False,  # refine positions to the response's parabola vertex (not in the paper)
+        # Scores times (level downsampling factor) ** level_gamma before the global top-k, as the
+        # sigma ** gamma of scale-normalised detectors; 0: the paper's raw responses (not in the paper).
+        "level_gamma": 0.0,
     }
     def __init__(
         self,

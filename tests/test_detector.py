@@ -157,6 +157,19 @@ def test_global_top_k_takes_the_best_over_all_levels():
     assert (full["scores"][:-1] >= full["scores"][1:]).all()
 
 
+def test_level_gamma_weights_each_level_by_its_factor_before_the_top_k():
+    img = blob_image(160, 160, [(40, 40), (110, 120)], sigma=4.0)
+    plain = KeyNetDetector(network=Identity(), num_keypoints=1000, border=8).detect(img)
+    weighted = KeyNetDetector(network=Identity(), num_keypoints=1000, border=8, level_gamma=1.5).detect(img)
+    # the same keypoints, each score times (radius / 22) ** 1.5, the order following the new scores
+    order = torch.argsort(plain["scores"] * (plain["scales"] / 22.0) ** 1.5, descending=True, stable=True)
+    torch.testing.assert_close(weighted["keypoints"], plain["keypoints"][order])
+    torch.testing.assert_close(weighted["scores"], (plain["scores"] * (plain["scales"] / 22.0) ** 1.5)[order])
+    top = {g: KeyNetDetector(network=Identity(), num_keypoints=4, border=8, level_gamma=g).detect(img)["scales"]
+           for g in (0.0, 1.5)}
+    assert top[1.5].mean() > top[0.0].mean()  # a positive gamma favours the coarse levels
+
+
 def test_mask_keeps_keypoints_inside_only():
     img = blob_image(96, 128, [(30, 40), (90, 50)])
     mask = np.zeros((96, 128), bool)

@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subpixel", action="store_true",
                    help="refine positions to the response's parabola vertex (keynet extract's default; "
                         "not in the paper)")
+    p.add_argument("--level-gamma", type=float, default=0.0, metavar="G",
+                   help="rank keypoints by score times level downsampling factor ** G; keynet extract uses 1, "
+                        "more repeatable under zoom (default: %(default)s, the paper's raw scores)")
     p.add_argument("--viz", action="store_true",
                    help="also write <stem>.viz.png: the strongest keypoints as circles of their radius")
     p.add_argument("--viz-keypoints", type=int, default=200,
@@ -97,7 +100,8 @@ def main(args: argparse.Namespace) -> int:
         stems[path.stem] = path
         unique.append(path)
     images = unique
-    detector = make_detector(args, compat=args.compat, subpixel=args.subpixel, **detector_speed_options(args))
+    detector = make_detector(args, compat=args.compat, subpixel=args.subpixel, level_gamma=args.level_gamma,
+                             **detector_speed_options(args))
     label = f"{'Tiny-Key.Net' if args.model == 'tiny' else 'Key.Net'} ({args.weights or 'shipped weights'})"
     out = output_dir(args.out)
     targets = {path: (out / f"{path.stem}.npz", out / f"{path.stem}.viz.png") for path in images}

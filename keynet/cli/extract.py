@@ -79,7 +79,9 @@ def main(args: argparse.Namespace) -> int:
     if args.overwrite:
         out.unlink(missing_ok=True)
     # Built here also for --ray (whose actors build their own): bad options fail in one line before Ray starts.
-    detector = make_detector(args, subpixel=True)
+    # The Extractor's detector options, not KeyNetDetector's paper-faithful defaults.
+    detection = {k: Extractor.default_conf[k] for k in ("subpixel", "level_gamma")}
+    detector = make_detector(args, **detection)
     try:
         extractor = Extractor(detector=detector, descriptor=args.descriptor, orientation=args.orientation,
                               multiple_orientations=args.multiple_orientations, device=args.device)
@@ -87,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     settings = {
         "detector": {"model": args.model, "weights": str(args.weights) if args.weights else None,
-                     "num_keypoints": args.num_keypoints, "subpixel": True},
+                     "num_keypoints": args.num_keypoints, **detection},
         "orientation": args.orientation,
         "multiple_orientations": args.multiple_orientations,
         "descriptor": args.descriptor,

@@ -41,6 +41,7 @@ class Extractor:
         "device": "cpu",
         "resize": None,  # longer side, px: larger images are extracted shrunk, keypoints mapped back
         "subpixel": True,  # keypoints at the response's parabola vertex (KeyNetDetector's subpixel)
+        "level_gamma": 1.0,  # coarse levels favoured in the top-k (KeyNetDetector's level_gamma; docs/training.md)
     }
 
     def __init__(self, detector: KeyNetDetector | None = None, **conf: Any) -> None:
@@ -49,8 +50,9 @@ class Extractor:
         self.conf = c = {**self.default_conf, **own}
         if detector is None:
             detector = KeyNetDetector(weights=c["weights"], model=c["model"], device=c["device"],
-                                      num_keypoints=c["num_keypoints"], subpixel=c["subpixel"], **detector_conf)
-        elif detector_conf or {"weights", "model", "num_keypoints", "subpixel"} & set(own):
+                                      num_keypoints=c["num_keypoints"], subpixel=c["subpixel"],
+                                      level_gamma=c["level_gamma"], **detector_conf)
+        elif detector_conf or {"weights", "model", "num_keypoints", "subpixel", "level_gamma"} & set(own):
             raise TypeError("give detector options to the detector you pass, not to the Extractor")
         self.detector = detector
         self.orientation: Orientation = (

@@ -18,18 +18,19 @@ def shipped_weights_path(model: str) -> Path:
     return WEIGHTS_DIR / f"{model}.pth"
 
 
-INT8_MIN_NUMEL = 4096  # floating tensors of at least this many elements are stored as int8 by ``to_int8``
+INT8_MIN_NUMEL = 4096  # floating weight tensors of at least this many elements are stored as int8 by ``to_int8``
 
 
 def to_int8(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """``state`` with each floating tensor of at least ``INT8_MIN_NUMEL`` elements as int8, and those
+    """``state`` with each floating weight tensor (two or more dimensions, output channels first) of at
+    least ``INT8_MIN_NUMEL`` elements as int8, and those
     tensors' scales: one float32 per output channel (dim 0), ``max |w| / 127`` of the channel, with
     weights rounded to the nearest step (symmetric, no zero point). ``load_state_dict_file`` undoes it.
     Written by hand: torch's quantisation APIs make quantised modules, not a plain state dict that
     any network loads, and kornia's patch networks have no quantised form."""
     quantised, scales = {}, {}
     for name, w in state.items():
-        if not (w.is_floating_point() and w.numel() >= INT8_MIN_NUMEL):
+        if not (w.is_floating_point() and w.ndim >= 2 and w.numel() >= INT8_MIN_NUMEL):
             quantised[name] = w
             continue
         scale = (w.detach().float().abs().flatten(1).amax(1) / 127).clamp_min(torch.finfo(torch.float32).tiny)

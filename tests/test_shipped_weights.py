@@ -32,7 +32,8 @@ def test_int8_weights_round_trip_within_half_a_step_per_channel(tmp_path):
     big = torch.randn(128, 8, 8, 8) * torch.logspace(-3, 1, 128)[:, None, None, None]  # channels of very different size
     big[5] = 0.0  # a dead channel
     conv = torch.randn(8, 4, 3, 3)  # 288 elements: stays float32
-    state = {"conv.weight": conv, "bn.running_mean": torch.randn(8), "bn.num_batches_tracked": torch.tensor(3)}
+    state = {"conv.weight": conv, "bn.running_mean": torch.randn(8), "bn.num_batches_tracked": torch.tensor(3),
+             "long.bias": torch.randn(5000)}  # one dimension: no output channels, stays float32
     q, scales = to_int8({**state, "big.weight": big})
     assert q["big.weight"].dtype == torch.int8 and set(scales) == {"big.weight"} and scales["big.weight"].shape == (128,)
     torch.save({"state_dict": q, "int8_scales": scales}, tmp_path / "w.pth")
@@ -40,7 +41,7 @@ def test_int8_weights_round_trip_within_half_a_step_per_channel(tmp_path):
     assert back["big.weight"].dtype == torch.float32
     step = big.abs().amax(dim=(1, 2, 3)) / 127  # each channel's own step, however small the channel
     assert ((back["big.weight"] - big).abs().amax(dim=(1, 2, 3)) <= step / 2 * (1 + 1e-5)).all()
-    assert torch.equal(back["bn.running_mean"], state["bn.running_mean"]) and torch.equal(back["conv.weight"], conv)
+    assert all(torch.equal(back[k], v) for k, v in state.items())
     torch.save({"state_dict": q, "int8_scales": {"big.weight": scales["big.weight"][:5]}}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="int8_scales that do not fit"):
         load_state_dict_file(tmp_path / "bad.pth")

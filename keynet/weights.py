@@ -23,9 +23,9 @@ INT8_MIN_NUMEL = 4096  # floating weight tensors of at least this many elements 
 
 def to_int8(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``state`` with each floating weight tensor (two or more dimensions, output channels first) of at
-    least ``INT8_MIN_NUMEL`` elements as int8, and those
-    tensors' scales: one float32 per output channel (dim 0), ``max |w| / 127`` of the channel, with
-    weights rounded to the nearest step (symmetric, no zero point). ``load_state_dict_file`` undoes it.
+    least ``INT8_MIN_NUMEL`` elements as int8, and those tensors' scales: one float32 per output
+    channel (dim 0), ``max |w| / 127`` of the channel, with weights rounded to the nearest step
+    (symmetric, no zero point). ``load_state_dict_file`` undoes it.
     Written by hand: torch's quantisation APIs make quantised modules, not a plain state dict that
     any network loads, and kornia's patch networks have no quantised form."""
     quantised, scales = {}, {}

@@ -44,15 +44,19 @@ class Extractor:
         "level_gamma": 1.0,  # coarse levels favoured in the top-k (KeyNetDetector's level_gamma; docs/training.md)
     }
 
+    # Options of the Extractor's default_conf that it hands to KeyNetDetector under the same name, with
+    # values other than the detector's paper-faithful defaults.
+    detection_options = ("subpixel", "level_gamma")
+
     def __init__(self, detector: KeyNetDetector | None = None, **conf: Any) -> None:
         own = {k: v for k, v in conf.items() if k in self.default_conf}
         detector_conf = {k: v for k, v in conf.items() if k not in self.default_conf}
         self.conf = c = {**self.default_conf, **own}
         if detector is None:
             detector = KeyNetDetector(weights=c["weights"], model=c["model"], device=c["device"],
-                                      num_keypoints=c["num_keypoints"], subpixel=c["subpixel"],
-                                      level_gamma=c["level_gamma"], **detector_conf)
-        elif detector_conf or {"weights", "model", "num_keypoints", "subpixel", "level_gamma"} & set(own):
+                                      num_keypoints=c["num_keypoints"],
+                                      **{k: c[k] for k in self.detection_options}, **detector_conf)
+        elif detector_conf or {"weights", "model", "num_keypoints", *self.detection_options} & set(own):
             raise TypeError("give detector options to the detector you pass, not to the Extractor")
         self.detector = detector
         self.orientation: Orientation = (

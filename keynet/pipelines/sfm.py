@@ -58,7 +58,7 @@ def extract_folder(image_dir: Path, names: Sequence[str], features_path: Path, c
     keys = ("max_size", "num_keypoints", "orientation", "descriptor")
     extractor = Extractor(descriptor=conf["descriptor"], orientation=conf["orientation"],
                           num_keypoints=conf["num_keypoints"], resize=conf["max_size"] or None)
-    settings = {**{k: conf[k] for k in keys}, **{k: extractor.detector.conf[k] for k in ("subpixel", "level_gamma")}}
+    settings = {**{k: conf[k] for k in keys}, **{k: extractor.detector.conf[k] for k in extractor.detection_options}}
     return extract_to_h5([image_dir / n for n in names], image_dir, features_path, extractor, settings, progress)
 
 

@@ -58,14 +58,15 @@ def test_console_script_help():
     assert r.returncode == 0 and "--num-keypoints" in r.stdout
 
 
-def test_up_levels_0_skips_the_upsampled_level(tmp_path, images, reference_weights):
+def test_up_levels_sets_the_upsampled_levels(tmp_path, images, reference_weights):
     out = tmp_path / "out"
-    for flag, sub in (([], "exact"), (["--up-levels", "0"], "no_up")):
+    for flag, sub in (([], "exact"), (["--up-levels", "0"], "no_up"), (["--up-levels", "2"], "two_up")):
         rc = main(["detect", str(images / "a.png"), "--out", str(out / sub), "--weights", str(reference_weights), *flag])
         assert rc == 0
-    exact, no_up = np.load(out / "exact/a.npz"), np.load(out / "no_up/a.npz")
-    assert exact["scales"].min() < 22 - 1e-3  # the upsampled level's radius, 22 / 1.41
+    exact, no_up, two_up = (np.load(out / f"{sub}/a.npz") for sub in ("exact", "no_up", "two_up"))
+    assert exact["scales"].min() == pytest.approx(22 / 2**0.5, rel=0.01)  # the upsampled level's radius
     assert no_up["scales"].min() >= 22 - 1e-4
+    assert two_up["scales"].min() == pytest.approx(11, rel=0.01)  # the level at twice the resolution
 
 
 def test_export_writes_a_working_onnx_network_and_detector(tmp_path, reference_weights, data_dir):

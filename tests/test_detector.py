@@ -141,6 +141,18 @@ def test_scales_are_22_times_level_factor():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_up_levels_2_adds_a_level_at_twice_the_resolution():
+    # A blob between pixels: the 400 px level (int(200 * 2)) finds it with radius 22 / 2 = 11, and its
+    # sub-pixel vertex maps back onto the centre (bilinear upsampling bends the peak by < 0.1 px).
+    x0, y0 = 100.3, 90.6
+    img = torch.from_numpy(blob_image(200, 200, [(x0, y0)], sigma=4.0))
+    one = KeyNetDetector(network=Identity(), border=8).detect(img)
+    two = KeyNetDetector(network=Identity(), border=8, up_levels=2, subpixel=True).detect(img)
+    assert one["scales"].min() > 15 and len(two["scales"]) == len(one["scales"]) + 1
+    fine = two["keypoints"][two["scales"] == 11.0]
+    assert len(fine) == 1 and (fine[0] - torch.tensor([x0, y0])).abs().max() < 0.15
+
+
 def test_fewer_keypoints_than_asked_and_no_padding():
     img = blob_image(96, 96, [(30, 30), (66, 60)])
     out = KeyNetDetector(network=Identity(), num_keypoints=500, pyramid_levels=0, up_levels=0, border=8).detect(img)

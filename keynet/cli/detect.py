@@ -32,9 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true",
                    help="--precision bfloat16 where the CPU runs it natively (AVX512-BF16 or AMX): faster, "
                         "about 99%% of the keypoints unchanged; elsewhere float32")
-    p.add_argument("--up-levels", type=int, choices=[0, 1], default=None,
+    p.add_argument("--up-levels", type=int, choices=[0, 1, 2], default=None,
                    help="pyramid levels upsampled above full resolution (default 1); 0 is about 2x faster "
-                        "and drops the keypoints below scale 22, which changes repeatability")
+                        "and drops the keypoints below scale 22, which changes repeatability; 2 adds a level "
+                        "at twice the resolution, about 2x slower, with finer keypoints (docs/evaluation.md)")
     p.add_argument("--subpixel", action="store_true",
                    help="refine positions to the response's parabola vertex (keynet extract's default; "
                         "not in the paper)")

@@ -16,6 +16,7 @@ import torch
 
 from keynet.cli import train_descriptor as cli
 from keynet.features.descriptors import make_descriptor
+from keynet.train.synthesis import JitterConfig, generate_pairs, list_images
 from keynet.train.descriptor import (
     DescriptorTrainConfig,
     _inside,
@@ -24,6 +25,7 @@ from keynet.train.descriptor import (
     hardest_triplet_loss,
     map_keypoints,
     patch_jitter,
+    pair_config,
     patch_pairs,
     train_descriptor,
 )
@@ -122,6 +124,25 @@ def test_loss_falls_and_resume_continues_the_same_run(image_dir: Path, tmp_path:
         assert torch.allclose(x[k], y[k], atol=1e-6), k
     with pytest.raises(ValueError, match="other settings"):
         train_descriptor(small_conf(image_dir, tmp_path / "split", lr=1e-2), resume=True, **quiet)
+
+
+def test_blur_options_blur_the_second_views_and_the_defaults_keep_the_pairs(image_dir: Path, tmp_path: Path):
+    assert pair_config(DescriptorTrainConfig(), "train").jitter == JitterConfig()  # the same pairs and cache key
+    images = list_images(image_dir)
+    sharp = generate_pairs(images, pair_config(small_conf(image_dir, tmp_path, blur_prob=0.0), "train"), progress=False)
+    blurred = generate_pairs(images, pair_config(small_conf(image_dir, tmp_path, blur_prob=1.0, blur_sigma=4.0), "train"),
+                             progress=False)
+    # Each pair draws the same random numbers either way, so only the blur differs, except where the
+    # blurred view failed the texture check and the pair moved on to another photo (7 of 12 here).
+    same = [i for i in range(len(sharp["src"])) if np.array_equal(sharp["src"][i], blurred["src"][i])]
+    assert len(same) >= 3
+
+    def detail(view: np.ndarray) -> float:
+        return float(cv2.Laplacian(view.astype(np.float64), cv2.CV_64F).var())
+
+    assert all(detail(blurred["dst"][i]) < detail(sharp["dst"][i]) for i in same)
+    with pytest.raises(ValueError, match="blur_sigma"):
+        train_descriptor(small_conf(image_dir, tmp_path / "bad", blur_sigma=0.2), progress=False, log=lambda _: None)
 
 
 def test_patch_jitter_changes_exposure_per_patch_and_p0_is_identity():

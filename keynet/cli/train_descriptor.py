@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "may be slower on others")
     a("--patch-jitter", type=float, default=d.patch_jitter,
       help="probability of a random gamma (0.5-2) and of a linear illumination ramp on each training patch (default: %(default)s)")
+    a("--blur-prob", type=float, default=d.blur_prob,
+      help="probability of a Gaussian blur of a pair's second view (default: %(default)s)")
+    a("--blur-sigma", type=float, default=d.blur_sigma,
+      help="top of that blur's sigma range, px; it starts at 0.5 (default: %(default)s)")
     a("--val-every", type=int, default=d.val_every, help="steps between validation + checkpoint (default: %(default)s)")
     a("--log-every", type=int, default=d.log_every, help="steps between CSV rows (default: %(default)s)")
     a("--max-steps", type=int, default=d.max_steps, help="stop after this many steps, 0 = all epochs (default: %(default)s)")

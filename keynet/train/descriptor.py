@@ -60,6 +60,10 @@ class DescriptorTrainConfig(RunFolders):
     threads: int = 0  # 0: torch's default
     bf16: bool = False  # bfloat16 autocast of the network's forward pass (the loss and the weights stay float32)
     patch_jitter: float = 0.0  # probability of each of a random gamma and a linear illumination ramp per training patch
+    # Gaussian blur of the second view of a pair: its probability and the top of its sigma range (from 0.5 px);
+    # the defaults are the pairs' own (synthesis.JitterConfig).
+    blur_prob: float = JitterConfig.blur_prob
+    blur_sigma: float = JitterConfig.blur_sigma[1]
     val_every: int = 200
     log_every: int = 20
     max_steps: int = 0  # 0: all epochs
@@ -163,18 +167,22 @@ def _to_uint8(patches: torch.Tensor) -> np.ndarray:
     return np.clip(np.round(patches.numpy() * 255.0), 0, 255).astype(np.uint8)
 
 
+def pair_config(conf: DescriptorTrainConfig, split: str) -> PairConfig:
+    """The synthetic image pairs of a run's ``split`` ("train" or "val")."""
+    jitter = JitterConfig(blur_prob=conf.blur_prob, blur_sigma=(JitterConfig.blur_sigma[0], conf.blur_sigma))
+    return PairConfig(num_pairs=conf.num_pairs if split == "train" else conf.num_val_pairs, crop=conf.crop,
+                      homography=HOMOGRAPHY_PRESETS[conf.preset], jitter=jitter, seed=conf.seed, split=split)
+
+
 def load_or_make_patches(conf: DescriptorTrainConfig, split: str, progress: bool = True) -> dict[str, np.ndarray]:
     """The patch pairs of ``split`` ("train" or "val"), cached in the run folder as ``.npz``."""
     out = Path(conf.out_dir)
-    n = conf.num_pairs if split == "train" else conf.num_val_pairs
     path = out / f"patches_{split}.npz"
     if path.is_file():
         with np.load(path) as f:
             return {k: f[k] for k in ("anchor", "positive", "pair")}
-    pair_conf = PairConfig(num_pairs=n, crop=conf.crop, homography=HOMOGRAPHY_PRESETS[conf.preset],
-                           jitter=JitterConfig(), seed=conf.seed, split=split)
-    patches = patch_pairs(load_or_generate(conf.resolved_image_dir(), pair_conf, conf.resolved_cache_dir(), progress),
-                          conf.num_keypoints, progress, conf.positives, conf.min_overlap, conf.border)
+    pairs = load_or_generate(conf.resolved_image_dir(), pair_config(conf, split), conf.resolved_cache_dir(), progress)
+    patches = patch_pairs(pairs, conf.num_keypoints, progress, conf.positives, conf.min_overlap, conf.border)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: np.savez(tmp, **patches))
     return patches
@@ -245,6 +253,9 @@ def train_descriptor(conf: DescriptorTrainConfig, resume: bool = False, progress
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume from ``<out>/last.pt``) a descriptor training run; returns a summary."""
     t0 = time.perf_counter()
+    if not (0.0 <= conf.blur_prob <= 1.0 and conf.blur_sigma >= JitterConfig.blur_sigma[0]):
+        raise ValueError(f"blur_prob must be in [0, 1] and blur_sigma at least {JitterConfig.blur_sigma[0]}, "
+                         f"not {conf.blur_prob} and {conf.blur_sigma}")
     if conf.threads:
         torch.set_num_threads(conf.threads)
     out = Path(conf.out_dir)

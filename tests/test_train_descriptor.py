@@ -16,7 +16,6 @@ import torch
 
 from keynet.cli import train_descriptor as cli
 from keynet.features.descriptors import make_descriptor
-from keynet.train.synthesis import JitterConfig, generate_pairs, list_images
 from keynet.train.descriptor import (
     DescriptorTrainConfig,
     _inside,
@@ -24,11 +23,12 @@ from keynet.train.descriptor import (
     export_descriptor,
     hardest_triplet_loss,
     map_keypoints,
-    patch_jitter,
     pair_config,
+    patch_jitter,
     patch_pairs,
     train_descriptor,
 )
+from keynet.train.synthesis import JitterConfig, generate_pairs, list_images
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_loop import read_csv  # noqa: E402

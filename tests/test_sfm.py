@@ -40,3 +40,38 @@ def test_sfm_cli_sacre_coeur(tmp_path, data_dir, capsys):
     assert (out / "model.png").is_file()
     assert main(args) == 1  # the database and model exist: --overwrite needed
     assert main(args + ["--overwrite"]) == 0  # features and matches are reused
+
+
+def test_mapper_runs_again_when_its_model_has_no_3d_point(tmp_path, monkeypatch):
+    # pycolmap's mapper stood in by a fake: the first seed returns 3 of 4 images registered but no 3D
+    # point (as COLMAP's filtering left it once), the second a real 2-image model.
+    pycolmap = pytest.importorskip("pycolmap")
+    from keynet.pipelines.sfm import default_conf, incremental_mapping
+
+    class Model:
+        def __init__(self, reg, points):
+            self.reg, self.points = reg, points
+
+        def num_reg_images(self):
+            return self.reg
+
+        def num_points3D(self):
+            return self.points
+
+        def write_binary(self, path):
+            (tmp_path / "written").mkdir(exist_ok=True)
+            (tmp_path / "written" / f"{self.reg}_{self.points}").touch()
+
+    runs = {0: {0: Model(3, 0)}, 1: {0: Model(2, 50)}, 2: {0: Model(1, 9)}}
+    seeds = []
+
+    def fake_mapping(database, image_dir, out, options, **callbacks):
+        seeds.append(options.random_seed)
+        return runs[options.random_seed]
+
+    monkeypatch.setattr(pycolmap, "incremental_mapping", fake_mapping)
+    best = incremental_mapping(tmp_path / "db", tmp_path, tmp_path, {**default_conf, "threads": 1}, 4, progress=False)
+    # the first run's 3 of 4 images did not stop the retries; the second's 2 of 4, with points, did
+    assert seeds == [0, 1]
+    assert [(m.reg, m.points) for m in best] == [(2, 50)]
+    assert sorted(p.name for p in (tmp_path / "written").iterdir()) == ["2_50"]

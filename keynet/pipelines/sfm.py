@@ -97,7 +97,8 @@ def incremental_mapping(database: Path, image_dir: Path, models_dir: Path, conf:
             found = pycolmap.incremental_mapping(database, image_dir, scratch, options,
                                                  initial_image_pair_callback=lambda: bar.update(2),
                                                  next_image_callback=lambda: bar.update(1))
-        models = sorted(found.values(), key=size, reverse=True)
+        # COLMAP's filtering can leave a model with registered images and no 3D point: a failed run.
+        models = sorted((m for m in found.values() if m.num_points3D() > 0), key=size, reverse=True)
         if models and (not best or size(models[0]) > size(best[0])):
             best = models
         if best and 2 * best[0].num_reg_images() >= num_images:

@@ -149,12 +149,9 @@ def build_methods(image: np.ndarray, onnx_dir: Path | None) -> dict[str, Callabl
     kornia_det.model.load_state_dict(load_state_dict_file(ref))
     kornia_det.eval()
     ours_net = FastKeyNet(load_model(ref))
-    ours_net_bf16 = FastKeyNet(load_model(ref), torch.bfloat16)
     ours_compat = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, compat="kornia")
     ours = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS)
     no_up = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, up_levels=0)
-    bf16 = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, precision="bfloat16")
-    no_up_bf16 = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, up_levels=0, precision="bfloat16")
     sift = cv2.SIFT_create(nfeatures=NUM_KEYPOINTS)
     methods = {
         "kornia KeyNet response": lambda: kornia_net(x),
@@ -170,7 +167,10 @@ def build_methods(image: np.ndarray, onnx_dir: Path | None) -> dict[str, Callabl
     if tiny.is_file():  # right after its anchor, so that both run in the same state of the machine
         tiny_det = KeyNetDetector(model="tiny", num_keypoints=NUM_KEYPOINTS)
         methods["keynet tiny detect"] = lambda: tiny_det.detect(x)
-    if native_bfloat16():  # emulated elsewhere, and slower than float32
+    if native_bfloat16():  # emulated elsewhere, and slower than float32 (the detectors would warn)
+        ours_net_bf16 = FastKeyNet(load_model(ref), torch.bfloat16)
+        bf16 = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, precision="bfloat16")
+        no_up_bf16 = KeyNetDetector(weights=ref, num_keypoints=NUM_KEYPOINTS, up_levels=0, precision="bfloat16")
         methods["keynet response bfloat16"] = lambda: ours_net_bf16(x)
         methods["keynet detect bfloat16 (--fast)"] = lambda: bf16.detect(x)
         methods["keynet detect up_levels=0, bfloat16"] = lambda: no_up_bf16.detect(x)

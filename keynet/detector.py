@@ -202,8 +202,9 @@ class LevelScorer:
             v, u = v[inside], u[inside]
         s = score[0, 0, v, u] * self.gain(fx, fy)
         du, dv = subpixel_offsets(score[0, 0], v, u) if c["subpixel"] else (0.0, 0.0)
-        x = self.map(u.double() + du, fx)
-        y = self.map(v.double() + dv, fy)
+        ox, oy = c["offset"]
+        x = self.map(u.double() + du + ox, fx)
+        y = self.map(v.double() + dv + oy, fy)
         scale = torch.full_like(x, self.scale(fx, fy))
         return torch.stack([x, y, scale, s.double()], 1)
 
@@ -242,6 +243,9 @@ class KeyNetDetector(nn.Module):
         # Scores times (level downsampling factor) ** level_gamma before the global top-k, as the
         # sigma ** gamma of scale-normalised detectors; 0: the paper's raw responses (not in the paper).
         "level_gamma": 0.0,
+        # (dx, dy) level pixels added to every keypoint before it is mapped to the image: a network's
+        # calibrated position bias (``keynet.eval.calibration``; not in the paper).
+        "offset": (0.0, 0.0),
     }
     def __init__(
         self,
@@ -267,6 +271,13 @@ class KeyNetDetector(nn.Module):
             raise ValueError(f"nms_size must be a positive odd number, got {c['nms_size']}")
         if c["precision"] not in COMPUTE_DTYPES:
             raise ValueError(f"precision must be one of {sorted(COMPUTE_DTYPES)}, got {c['precision']!r}")
+        try:
+            offset = tuple(float(v) for v in c["offset"])
+        except (TypeError, ValueError):
+            offset = ()
+        if len(offset) != 2 or not all(map(math.isfinite, offset)):
+            raise ValueError(f"offset must be two finite numbers (dx, dy) in level pixels, got {c['offset']!r}")
+        c["offset"] = offset
         net = network if network is not None else load_model(weights, model)
         if c["precision"] != "float32" and not isinstance(net, KeyNet):
             raise ValueError(f"precision={c['precision']!r} applies to a Key.Net network, not to {type(net).__name__}")

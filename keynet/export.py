@@ -99,8 +99,9 @@ class _DetectionToTopK(nn.Module):
             nh, nw = score.shape[-2:]
             keep = det.scorer.keep(score, strict_maxima(score, c["nms_size"]))
             scores.append(torch.where(keep, score * det.scorer.gain(fx, fy), torch.zeros_like(score)).flatten(1))
-            xs.append(det.scorer.map(torch.arange(nw, dtype=score.dtype), fx)[None, :].expand(nh, nw).flatten())
-            ys.append(det.scorer.map(torch.arange(nh, dtype=score.dtype), fy)[:, None].expand(nh, nw).flatten())
+            ox, oy = c["offset"]
+            xs.append(det.scorer.map(torch.arange(nw, dtype=score.dtype) + ox, fx)[None, :].expand(nh, nw).flatten())
+            ys.append(det.scorer.map(torch.arange(nh, dtype=score.dtype) + oy, fy)[:, None].expand(nh, nw).flatten())
             scales.append(torch.ones_like(xs[-1]) * det.scorer.scale(fx, fy))  # fx, fy stay symbolic
         top = torch.topk(torch.cat(scores, 1), c["num_keypoints"], dim=1)
         keypoints = torch.stack([torch.cat(xs)[top.indices], torch.cat(ys)[top.indices]], -1)

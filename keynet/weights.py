@@ -18,6 +18,25 @@ def shipped_weights_path(model: str) -> Path:
     return WEIGHTS_DIR / f"{model}.pth"
 
 
+# (dx, dy), level pixels: the detector offset that cancels each shipped network's position bias,
+# measured by keynet.eval.calibration.rotation_offset on 60 training photos (docs/training.md).
+SHIPPED_OFFSETS: dict[str, tuple[float, float]] = {"keynet": (0.31, 0.61), "tiny": (-0.01, -0.58)}
+
+
+def parse_offset(value: str, model: str = "keynet", weights: str | Path | None = None) -> tuple[float, float]:
+    """A detector ``offset`` written as ``DX:DY`` (level pixels) or ``shipped`` (``SHIPPED_OFFSETS``
+    of ``model``, for the shipped weights only), as (dx, dy)."""
+    if value == "shipped":
+        if weights is not None or model not in SHIPPED_OFFSETS:
+            raise ValueError(f"offset shipped is calibrated for the shipped {sorted(SHIPPED_OFFSETS)} weights only")
+        return SHIPPED_OFFSETS[model]
+    try:
+        dx, dy = (float(v) for v in value.split(":"))
+    except ValueError:
+        raise ValueError(f"offset must be DX:DY (level pixels) or shipped, got {value!r}") from None
+    return dx, dy
+
+
 INT8_MIN_NUMEL = 4096  # floating weight tensors of at least this many elements are stored as int8 by ``to_int8``
 
 

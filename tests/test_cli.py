@@ -69,6 +69,24 @@ def test_up_levels_sets_the_upsampled_levels(tmp_path, images, reference_weights
     assert two_up["scales"].min() == pytest.approx(11, rel=0.01)  # the level at twice the resolution
 
 
+def test_offset_moves_the_keypoints_and_shipped_needs_the_shipped_weights(tmp_path, images, reference_weights, capsys):
+    out = tmp_path / "out"
+    for flag, sub in (([], "plain"), (["--offset", "0.5:-0.25"], "moved")):
+        assert main(["detect", str(images / "a.png"), "--out", str(out / sub), "--weights", str(reference_weights), *flag]) == 0
+    plain, moved = (np.load(out / f"{sub}/a.npz") for sub in ("plain", "moved"))
+    # image pixels per level pixel (the offset is in level pixels): radius / 22, the mean of the level's
+    # x and y factors, which differ by a fraction of a percent
+    f = plain["scales"] / 22.0
+    np.testing.assert_allclose(moved["keypoints"], plain["keypoints"] + np.stack([0.5 * f, -0.25 * f], 1), atol=0.01)
+    for bad, msg in (("shipped", "weights only"), ("1", "DX:DY")):
+        capsys.readouterr()
+        assert main(["detect", str(images / "a.png"), "--out", str(out / "bad"), "--weights", str(reference_weights),
+                     "--offset", bad]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("keynet detect: --offset") and msg in err and "\n" not in err
+    assert not (out / "bad").exists()
+
+
 def test_export_writes_a_working_onnx_network_and_detector(tmp_path, reference_weights, data_dir):
     from keynet.export import OnnxDetector, OnnxResponse
 

@@ -182,6 +182,19 @@ def test_level_gamma_weights_each_level_by_its_factor_before_the_top_k():
     assert top[1.5].mean() > top[0.0].mean()  # a positive gamma favours the coarse levels
 
 
+def test_offset_moves_each_keypoint_by_its_levels_pixels():
+    img = blob_image(160, 160, [(40.3, 40.6), (110.2, 120.7)], sigma=4.0)
+    plain = KeyNetDetector(network=Identity(), border=8, subpixel=True).detect(img)
+    moved = KeyNetDetector(network=Identity(), border=8, subpixel=True, offset=(0.25, -0.5)).detect(img)
+    # a square image: fx = fy = radius / 22 image pixels per level pixel
+    f = plain["scales"] / 22.0
+    torch.testing.assert_close(moved["keypoints"], plain["keypoints"] + torch.stack([0.25 * f, -0.5 * f], 1))
+    torch.testing.assert_close(moved["scores"], plain["scores"])
+    for bad in [(1.0,), (0.0, float("nan")), "shipped"]:
+        with pytest.raises(ValueError, match="offset must be two finite numbers"):
+            KeyNetDetector(network=Identity(), offset=bad)
+
+
 def test_mask_keeps_keypoints_inside_only():
     img = blob_image(96, 128, [(30, 40), (90, 50)])
     mask = np.zeros((96, 128), bool)

@@ -14,6 +14,7 @@ from keynet.eval.detectors import KeyNetEval, make_detector
 from keynet.features.descriptors import RADIUS_PER_OPENCV_SIZE, to_uint8
 from keynet.features.descriptors import SIFTDescriptor, sift_octave_layer
 from keynet.io.image import load_image
+from keynet.weights import SHIPPED_OFFSETS
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,10 @@ def test_spec_parsing(reference_weights: Path) -> None:
     assert isinstance(det, KeyNetEval) and det.name == "keynet-ref,compat=kornia"
     assert det._det.conf["compat"] == "kornia" and det._det.conf["num_keypoints"] == 100
     assert make_detector(f"keynet:{reference_weights},model=keynet").name.startswith("keynet:")
-    for bad, msg in [("surf", "unknown detector"), ("sift,compat=kornia", "unknown option"), ("keynet-ref,x", "key=value")]:
+    assert make_detector("keynet,model=tiny,offset=shipped")._det.conf["offset"] == SHIPPED_OFFSETS["tiny"]
+    assert make_detector("keynet,offset=0.5:-1")._det.conf["offset"] == (0.5, -1.0)
+    for bad, msg in [("surf", "unknown detector"), ("sift,compat=kornia", "unknown option"), ("keynet-ref,x", "key=value"),
+                     ("keynet-ref,offset=shipped", "shipped"), ("keynet,offset=1", "DX:DY")]:
         with pytest.raises(ValueError, match=msg):
             make_detector(bad)
 

@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
         out.unlink(missing_ok=True)
     # Built here also for --ray (whose actors build their own): bad options fail in one line before Ray starts.
     # The Extractor's detector options, not KeyNetDetector's paper-faithful defaults.
-    detection = {k: Extractor.default_conf[k] for k in Extractor.detection_options}
+    detection = Extractor.detection_defaults(args.model, args.weights)
     detector = make_detector(args, **detection)
     try:
         extractor = Extractor(detector=detector, descriptor=args.descriptor, orientation=args.orientation,

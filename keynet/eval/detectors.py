@@ -27,8 +27,9 @@ Detector specs (``make_detector``), options after commas as ``key=value``:
   the main module lacks them);
 * ``keynet`` (the package's shipped weights), ``keynet:PATH`` (any weights file), ``keynet-ref``
   (the reference ``keynet_pytorch.pth`` in the shared data); options ``model=keynet|tiny``,
-  ``compat=kornia``, ``precision=bfloat16`` and the detector's numeric options, e.g.
-  ``keynet-ref,compat=kornia`` or ``keynet,up_levels=0``;
+  ``compat=kornia``, ``precision=bfloat16``, ``offset=DX:DY`` (level pixels) or ``offset=shipped``
+  (the shipped weights' calibration, as ``keynet.Extractor`` uses it) and the detector's numeric
+  options, e.g. ``keynet-ref,compat=kornia`` or ``keynet,up_levels=0``;
 * ``kornia-keynet`` / ``kornia-keynet:PATH``: ``kornia.feature.KeyNetDetector`` with the reference
   (or given) weights, a cross-check of our detector.
 """
@@ -213,7 +214,7 @@ def make_detector(spec: str, num_keypoints: int = 2048) -> Detector:
     # Key.Net takes `model`, `compat`, `precision` and its numeric detector options, e.g.
     # `keynet,up_levels=0`.
     numeric = {k for k, v in KeyNetDetector.default_conf.items() if isinstance(v, (int, float)) and k != "num_keypoints"}
-    keynet_opts = {"model", "compat", "precision"} | numeric
+    keynet_opts = {"model", "compat", "precision", "offset"} | numeric
     allowed = {"keynet": keynet_opts, "keynet-ref": keynet_opts}.get(kind, set())
     if set(options) - allowed:
         raise ValueError(f"detector spec {spec!r}: unknown option(s) {sorted(set(options) - allowed)}")
@@ -224,6 +225,13 @@ def make_detector(spec: str, num_keypoints: int = 2048) -> Detector:
         conf = {k: type(KeyNetDetector.default_conf[k])(float(v)) for k, v in options.items() if k in numeric}
         if "precision" in options:
             conf["precision"] = options["precision"]
+        if "offset" in options:
+            from keynet.weights import parse_offset
+
+            try:
+                conf["offset"] = parse_offset(options["offset"], options.get("model", "keynet"), weights)
+            except ValueError as e:
+                raise ValueError(f"detector spec {spec!r}: {e}") from None
         return KeyNetEval(spec, weights, options.get("model", "keynet"), options.get("compat"), num_keypoints, **conf)
     if kind == "kornia-keynet":
         return KorniaKeyNet(spec, path or reference_weights_path(), num_keypoints)

@@ -55,10 +55,12 @@ def test_the_shipped_calibration_holds_on_other_photos(model, data_dir):
     assert rotation_offset(det, photos) == pytest.approx(SHIPPED_OFFSETS[model], abs=0.1)
 
 
-def test_the_extractor_uses_the_shipped_calibration_for_the_shipped_weights_only(tmp_path):
+def test_the_extractor_takes_the_shipped_calibration_for_the_shipped_weights_only():
     from keynet.weights import shipped_weights_path
 
-    assert Extractor().detector.conf["offset"] == SHIPPED_OFFSETS["keynet"]
-    assert Extractor(model="tiny").detector.conf["offset"] == SHIPPED_OFFSETS["tiny"]
-    assert Extractor(weights=shipped_weights_path("keynet")).detector.conf["offset"] == (0.0, 0.0)
+    assert Extractor().detector.conf["offset"] == (0.0, 0.0)  # the network's own positions by default
+    assert Extractor(offset="shipped").detector.conf["offset"] == SHIPPED_OFFSETS["keynet"]
+    assert Extractor(model="tiny", offset="shipped").detector.conf["offset"] == SHIPPED_OFFSETS["tiny"]
     assert Extractor(offset=(0.1, 0.2)).detector.conf["offset"] == (0.1, 0.2)
+    with pytest.raises(ValueError, match="shipped .* weights only"):
+        Extractor(weights=shipped_weights_path("keynet"), offset="shipped")

@@ -67,6 +67,22 @@ def test_extract_resume_failures_overwrite(tmp_path: Path, data_dir: Path, capsy
         assert not np.array_equal(fd["sub/im01.png/descriptors"][()], first)  # RootSIFT now
 
 
+def test_extract_offset_shipped_gives_the_extractors_calibrated_keypoints(tmp_path: Path, data_dir: Path, capsys) -> None:
+    from keynet import Extractor
+
+    images = tmp_path / "images"
+    names = make_folder(images, data_dir, 1)
+    out = tmp_path / "features.h5"
+    assert main(["extract", str(images), "--out", str(out), "--offset", "shipped", *FAST]) == 0
+    ext = Extractor(model="tiny", num_keypoints=100, offset="shipped")
+    with h5py.File(out, "r") as fd:
+        np.testing.assert_allclose(fd[f"{names[0]}/keypoints"][()], ext.extract(images / names[0])["keypoints"].numpy(),
+                                   atol=1e-4)
+    # another offset is other settings: refused in one line
+    assert main(["extract", str(images), "--out", str(out), *FAST]) == 1
+    assert "other settings" in capsys.readouterr().err
+
+
 def test_extract_refuses_bad_inputs(tmp_path: Path, capsys) -> None:
     assert main(["extract", str(tmp_path / "missing"), "--out", str(tmp_path / "f.h5")]) == 1
     assert "not a folder" in capsys.readouterr().err

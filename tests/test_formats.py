@@ -113,8 +113,7 @@ def test_npz_of_keynet_detect_matches_extract(tmp_path: Path, data_dir: Path, fe
     crop_path = tmp_path / "crop.png"
     cv2.imwrite(str(crop_path), cv2.imread(str(data_dir / "oxford_affine" / "graf" / "img1.png"))[200:440, 300:620])
     assert main(["detect", str(crop_path), "--out", str(tmp_path / "det"), "--model", "tiny",
-                 "--num-keypoints", "200", "--subpixel", "--level-gamma", "1", "--offset", "shipped",
-                 "--quiet"]) == 0  # the Extractor's defaults
+                 "--num-keypoints", "200", "--subpixel", "--level-gamma", "1", "--quiet"]) == 0  # the Extractor's defaults
     with np.load(tmp_path / "det" / "crop.npz") as npz:
         for k in ("keypoints", "scales", "scores"):
             np.testing.assert_allclose(npz[k], feats[k].numpy(), rtol=1e-5, atol=1e-4)

@@ -42,14 +42,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level-gamma", type=float, default=0.0, metavar="G",
                    help="rank keypoints by score times level downsampling factor ** G; keynet extract uses 1, "
                         "more repeatable under zoom (default: %(default)s, the paper's raw scores)")
-    p.add_argument("--offset", default=None, metavar="DX:DY|shipped",
-                   help="move every keypoint by (DX, DY) level pixels; 'shipped' cancels the shipped weights' "
-                        "measured position bias, as keynet extract does (default: none, the network's positions)")
+    add_offset_argument(p)
     p.add_argument("--viz", action="store_true",
                    help="also write <stem>.viz.png: the strongest keypoints as circles of their radius")
     p.add_argument("--viz-keypoints", type=int, default=200,
                    help="keypoints drawn by --viz, the strongest first; 0 draws all (default: %(default)s)")
     add_run_options(p)
+
+
+def add_offset_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--offset", default=None, metavar="DX:DY|shipped",
+                   help="move every keypoint by (DX, DY) level pixels; 'shipped' cancels the shipped weights' "
+                        "measured position bias, which helps where views turn against each other "
+                        "(docs/training.md; default: none, the network's positions)")
+
+
+def offset_option(args: argparse.Namespace) -> dict:
+    """``KeyNetDetector``'s ``offset`` of ``--offset`` (none without it); a bad value is a ``CLIError``."""
+    if args.offset is None:
+        return {}
+    from keynet.weights import parse_offset
+
+    try:
+        return {"offset": parse_offset(args.offset, args.model, args.weights)}
+    except ValueError as e:
+        raise CLIError(f"--offset: {e}") from None
 
 
 def detector_speed_options(args: argparse.Namespace) -> dict:
@@ -104,16 +121,8 @@ def main(args: argparse.Namespace) -> int:
         stems[path.stem] = path
         unique.append(path)
     images = unique
-    offset = {}
-    if args.offset is not None:
-        from keynet.weights import parse_offset
-
-        try:
-            offset["offset"] = parse_offset(args.offset, args.model, args.weights)
-        except ValueError as e:
-            raise CLIError(f"--offset: {e}") from None
     detector = make_detector(args, compat=args.compat, subpixel=args.subpixel, level_gamma=args.level_gamma,
-                             **offset, **detector_speed_options(args))
+                             **offset_option(args), **detector_speed_options(args))
     label = f"{'Tiny-Key.Net' if args.model == 'tiny' else 'Key.Net'} ({args.weights or 'shipped weights'})"
     out = output_dir(args.out)
     targets = {path: (out / f"{path.stem}.npz", out / f"{path.stem}.viz.png") for path in images}

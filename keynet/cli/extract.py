@@ -23,6 +23,8 @@ from .common import (
     require,
 )
 
+from .detect import add_offset_argument, offset_option
+
 HELP = "extract local features (keypoints, orientation, descriptors) of a folder into an hloc features.h5"
 
 
@@ -38,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--multiple-orientations", action="store_true",
                    help="gradient: one more keypoint per secondary orientation peak (SIFT's rule)")
     add_model_options(p)
+    add_offset_argument(p)
     add_run_options(p)
     g = p.add_argument_group("beyond one process")
     g.add_argument("--shard-index", type=int, default=0,
@@ -80,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
         out.unlink(missing_ok=True)
     # Built here also for --ray (whose actors build their own): bad options fail in one line before Ray starts.
     # The Extractor's detector options, not KeyNetDetector's paper-faithful defaults.
-    detection = Extractor.detection_defaults(args.model, args.weights)
+    detection = {**{k: Extractor.default_conf[k] for k in Extractor.detection_options}, **offset_option(args)}
     detector = make_detector(args, **detection)
     try:
         extractor = Extractor(detector=detector, descriptor=args.descriptor, orientation=args.orientation,
@@ -117,5 +120,6 @@ def _extract_on_ray(args: argparse.Namespace, images: list[Path], out: Path, set
     conf = {"model": args.model, "weights": str(args.weights) if args.weights else None,
             "num_keypoints": args.num_keypoints, "device": args.device, "descriptor": args.descriptor,
             "orientation": args.orientation, "multiple_orientations": args.multiple_orientations}
+    conf.update(offset_option(args))
     return extract_with_ray(images, args.folder, out, conf, settings, workers=args.workers,
                             threads_per_worker=args.threads or 1, address=args.ray_address)

@@ -10,7 +10,7 @@ import torch
 
 from keynet.detector import ImageInput, KeyNetDetector
 from keynet.io.image import load_image, to_float_gray
-from keynet.weights import SHIPPED_OFFSETS
+from keynet.weights import parse_offset
 
 from .descriptors import Descriptor, make_descriptor
 from .orientation import Orientation, make_orientation
@@ -21,7 +21,8 @@ class Extractor:
 
     Args:
         detector: a ready ``KeyNetDetector``; None builds one from ``model``, ``weights``,
-            ``num_keypoints``, ``device`` and any other ``KeyNetDetector`` option in ``conf``.
+            ``num_keypoints``, ``device`` and any other ``KeyNetDetector`` option in ``conf``
+            (``offset="shipped"``: the shipped weights' calibrated offset, ``keynet.weights.SHIPPED_OFFSETS``).
         **conf: overrides of ``default_conf``; ``descriptor`` and ``orientation`` take a spec string
             (``make_descriptor``, ``make_orientation``) or an object of the ``Descriptor`` /
             ``Orientation`` protocol, e.g. a descriptor of one's own.
@@ -43,22 +44,19 @@ class Extractor:
         "resize": None,  # longer side, px: larger images are extracted shrunk, keypoints mapped back
         "subpixel": True,  # keypoints at the response's parabola vertex (KeyNetDetector's subpixel)
         "level_gamma": 1.0,  # coarse levels favoured in the top-k (KeyNetDetector's level_gamma; docs/training.md)
-        # KeyNetDetector's offset; None: the shipped weights' calibration (keynet.weights.SHIPPED_OFFSETS),
-        # no offset for other weights
-        "offset": None,
     }
 
     # Options of the Extractor's default_conf that it hands to KeyNetDetector under the same name, with
     # values other than the detector's paper-faithful defaults.
-    detection_options = ("subpixel", "level_gamma", "offset")
+    detection_options = ("subpixel", "level_gamma")
 
     def __init__(self, detector: KeyNetDetector | None = None, **conf: Any) -> None:
         own = {k: v for k, v in conf.items() if k in self.default_conf}
         detector_conf = {k: v for k, v in conf.items() if k not in self.default_conf}
         self.conf = c = {**self.default_conf, **own}
         if detector is None:
-            if c["offset"] is None:
-                c["offset"] = self.detection_defaults(c["model"], c["weights"])["offset"]
+            if detector_conf.get("offset") == "shipped":  # KeyNetDetector's offset, calibrated for these weights
+                detector_conf["offset"] = parse_offset("shipped", c["model"], c["weights"])
             detector = KeyNetDetector(weights=c["weights"], model=c["model"], device=c["device"],
                                       num_keypoints=c["num_keypoints"],
                                       **{k: c[k] for k in self.detection_options}, **detector_conf)
@@ -72,14 +70,6 @@ class Extractor:
         self.descriptor: Descriptor = (
             make_descriptor(c["descriptor"], c["device"]) if isinstance(c["descriptor"], str) else c["descriptor"]
         )
-
-    @classmethod
-    def detection_defaults(cls, model: str = "keynet", weights: str | Path | None = None) -> dict[str, Any]:
-        """The ``KeyNetDetector`` options the Extractor builds its detector with for these weights
-        (``weights=None``: the shipped ones), rather than the detector's paper-faithful defaults."""
-        options = {k: cls.default_conf[k] for k in cls.detection_options}
-        options["offset"] = SHIPPED_OFFSETS.get(model, (0.0, 0.0)) if weights is None else (0.0, 0.0)
-        return options
 
     def extract(self, image: ImageInput, return_lafs: bool = False):
         """Local features of an image (or of each image of a batch).

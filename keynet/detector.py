@@ -243,8 +243,8 @@ class KeyNetDetector(nn.Module):
         # Scores times (level downsampling factor) ** level_gamma before the global top-k, as the
         # sigma ** gamma of scale-normalised detectors; 0: the paper's raw responses (not in the paper).
         "level_gamma": 0.0,
-        # (dx, dy) level pixels added to every keypoint before it is mapped to the image: a network's
-        # calibrated position bias (``keynet.eval.calibration``; not in the paper).
+        # (dx, dy) level pixels added to every keypoint before it is mapped to the image, e.g. to cancel
+        # a network's measured position bias (``keynet.eval.calibration``; not in the paper).
         "offset": (0.0, 0.0),
     }
     def __init__(

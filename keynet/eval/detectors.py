@@ -28,8 +28,8 @@ Detector specs (``make_detector``), options after commas as ``key=value``:
 * ``keynet`` (the package's shipped weights), ``keynet:PATH`` (any weights file), ``keynet-ref``
   (the reference ``keynet_pytorch.pth`` in the shared data); options ``model=keynet|tiny``,
   ``compat=kornia``, ``precision=bfloat16``, ``offset=DX:DY`` (level pixels) or ``offset=shipped``
-  (the shipped weights' calibration, as ``keynet.Extractor`` uses it) and the detector's numeric
-  options, e.g. ``keynet-ref,compat=kornia`` or ``keynet,up_levels=0``;
+  (the shipped weights' calibrated one, ``keynet.weights.SHIPPED_OFFSETS``) and the detector's
+  numeric options, e.g. ``keynet-ref,compat=kornia`` or ``keynet,up_levels=0``;
 * ``kornia-keynet`` / ``kornia-keynet:PATH``: ``kornia.feature.KeyNetDetector`` with the reference
   (or given) weights, a cross-check of our detector.
 """

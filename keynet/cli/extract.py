@@ -22,8 +22,7 @@ from .common import (
     output_file_parent,
     require,
 )
-
-from .detect import add_offset_argument, offset_option
+from .detect import add_offset_argument, make_detector, offset_option
 
 HELP = "extract local features (keypoints, orientation, descriptors) of a folder into an hloc features.h5"
 
@@ -59,8 +58,6 @@ def main(args: argparse.Namespace) -> int:
     from keynet.pipelines.distributed import shard_of, shard_path
     from keynet.pipelines.extract import extract_to_h5
 
-    from .detect import make_detector
-
     apply_threads(args)
     if not args.folder.is_dir():
         raise CLIError(f"{args.folder}: not a folder; give the image folder")
@@ -83,7 +80,8 @@ def main(args: argparse.Namespace) -> int:
         out.unlink(missing_ok=True)
     # Built here also for --ray (whose actors build their own): bad options fail in one line before Ray starts.
     # The Extractor's detector options, not KeyNetDetector's paper-faithful defaults.
-    detection = {**{k: Extractor.default_conf[k] for k in Extractor.detection_options}, **offset_option(args)}
+    offset = offset_option(args)
+    detection = {**{k: Extractor.default_conf[k] for k in Extractor.detection_options}, **offset}
     detector = make_detector(args, **detection)
     try:
         extractor = Extractor(detector=detector, descriptor=args.descriptor, orientation=args.orientation,
@@ -99,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
     }
     try:
         if args.ray:
-            report = _extract_on_ray(args, images, out, settings)
+            report = _extract_on_ray(args, images, out, settings, offset)
         else:
             report = extract_to_h5(images, args.folder, out, extractor, settings, progress=not args.quiet)
     except ValueError as e:  # settings differ from the file's
@@ -112,14 +110,13 @@ def main(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _extract_on_ray(args: argparse.Namespace, images: list[Path], out: Path, settings: dict):
+def _extract_on_ray(args: argparse.Namespace, images: list[Path], out: Path, settings: dict, offset: dict):
     require("ray", "ray", "--ray")
     from keynet.pipelines.distributed import extract_with_ray
 
     check_positive(args.workers, "--workers")
     conf = {"model": args.model, "weights": str(args.weights) if args.weights else None,
             "num_keypoints": args.num_keypoints, "device": args.device, "descriptor": args.descriptor,
-            "orientation": args.orientation, "multiple_orientations": args.multiple_orientations}
-    conf.update(offset_option(args))
+            "orientation": args.orientation, "multiple_orientations": args.multiple_orientations, **offset}
     return extract_with_ray(images, args.folder, out, conf, settings, workers=args.workers,
                             threads_per_worker=args.threads or 1, address=args.ray_address)

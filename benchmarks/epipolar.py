@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 import torch
-from kornia.geometry.epipolar import fundamental_from_essential, sampson_epipolar_distance
+from kornia.geometry.epipolar import cross_product_matrix, fundamental_from_essential, sampson_epipolar_distance
 
 from keynet.eval.pose import strecha_pairs
 from keynet.features import Extractor
@@ -24,10 +24,6 @@ from keynet.features.extractor import resize_for_extraction, to_original_pixels
 from keynet.io.image import load_image
 from keynet.matching.matchers import Matcher, matches_to_pairs
 from keynet.paths import shared_data_dir
-
-
-def skew(t: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
 
 
 def main() -> None:
@@ -53,7 +49,7 @@ def main() -> None:
         for pair in pairs:
             (k0, d0, s0), (k1, d1, s1) = feats[pair.name0], feats[pair.name1]
             m = matches_to_pairs(matcher.match(d0, d1)[0])
-            E = torch.from_numpy(skew(pair.t.ravel()) @ pair.R)[None]
+            E = cross_product_matrix(torch.from_numpy(pair.t.reshape(1, 3))) @ torch.from_numpy(pair.R)[None]
             F = fundamental_from_essential(E, torch.from_numpy(pair.K0)[None], torch.from_numpy(pair.K1)[None])
             d = sampson_epipolar_distance(torch.from_numpy(k0[m[:, 0]]).double()[None],
                                           torch.from_numpy(k1[m[:, 1]]).double()[None], F, squared=False)[0].numpy()

@@ -97,6 +97,21 @@ def subpixel_offsets(score: torch.Tensor, v: torch.Tensor, u: torch.Tensor) -> t
     return du, dv
 
 
+def contrast_normalised(image: torch.Tensor, std: float) -> torch.Tensor:
+    """(B, 1, H, W) ``image`` with each image scaled to standard deviation ``std`` (unchanged if 0).
+
+    Key.Net's input maps are derivatives and their products, so a gain g on the image scales them by
+    g and g^2 and moves the network's maxima; after this scaling the keypoints do not depend on g
+    (nor, through the derivatives, on an added brightness). A constant image is left as it is.
+    """
+    if not std:
+        return image
+    # in float64: a float32 sum over a photo's pixels depends on the order (torch's and ONNX's differ)
+    spread = image.double().std(dim=(1, 2, 3), keepdim=True, unbiased=False)
+    gain = torch.where(spread > 1e-6, std / spread.clamp_min(1e-6), torch.ones_like(spread))
+    return image * gain.to(image.dtype)
+
+
 class LevelScorer:
     """Keypoints of one pyramid level: the network's response (in row bands when the level is
     large), strict maxima above the score threshold and outside the border, and their mapping from
@@ -246,6 +261,10 @@ class KeyNetDetector(nn.Module):
         # (dx, dy) level pixels added to every keypoint before it is mapped to the image, e.g. to cancel
         # a network's measured position bias (``keynet.eval.calibration``; not in the paper).
         "offset": (0.0, 0.0),
+        # Each image is scaled so that its gray values have this standard deviation before detection,
+        # which makes the keypoints independent of the exposure's gain (0: off, the paper's; not in the
+        # paper). The shipped weights were trained on photos whose median is 0.21.
+        "input_std": 0.0,
     }
     def __init__(
         self,
@@ -278,6 +297,13 @@ class KeyNetDetector(nn.Module):
         if len(offset) != 2 or not all(map(math.isfinite, offset)):
             raise ValueError(f"offset must be two finite numbers (dx, dy) in level pixels, got {c['offset']!r}")
         c["offset"] = offset
+        try:
+            input_std = float(c["input_std"])
+        except (TypeError, ValueError):
+            input_std = math.nan
+        if not (math.isfinite(input_std) and input_std >= 0):
+            raise ValueError(f"input_std must be a finite number >= 0 (0: off), got {c['input_std']!r}")
+        c["input_std"] = input_std
         net = network if network is not None else load_model(weights, model)
         if c["precision"] != "float32" and not isinstance(net, KeyNet):
             raise ValueError(f"precision={c['precision']!r} applies to a Key.Net network, not to {type(net).__name__}")
@@ -384,7 +410,7 @@ class _Pyramid:
     def __init__(self, det: KeyNetDetector, image: torch.Tensor) -> None:
         c = det.conf
         f = c["scale_factor"]
-        self.image = image
+        self.image = contrast_normalised(image, c["input_std"])
         self.size = tuple(image.shape[-2:])
         h, w = self.size
         # (h, w) of each level, upsampled first

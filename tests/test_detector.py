@@ -195,6 +195,33 @@ def test_offset_moves_each_keypoint_by_its_levels_pixels():
             KeyNetDetector(network=Identity(), offset=bad)
 
 
+def test_input_std_makes_keypoints_independent_of_the_exposure(data_dir):
+    img = read_gray(data_dir / "oxford_affine/bikes/img1.png")[..., :240, :320]
+    darker = 0.35 * img + 0.05  # gain and brightness, as a shorter exposure
+    for model in ("keynet", "tiny"):
+        norm = KeyNetDetector(model=model, subpixel=True, num_keypoints=500, input_std=0.2)
+        a, b = norm.detect(img)[0], norm.detect(darker)[0]
+        assert len(a["keypoints"]) == len(b["keypoints"]) == 500
+        # the same keypoints up to float rounding (near-equal scores may swap places at the cut)
+        assert found_in(a, b).float().mean() >= 0.99
+        # without it the network's maxima move: the control that this test can fail
+        raw = KeyNetDetector(model=model, subpixel=True, num_keypoints=500)
+        assert found_in(raw.detect(img)[0], raw.detect(darker)[0]).float().mean() < 0.5
+
+
+def test_contrast_normalised_by_hand():
+    from keynet.detector import contrast_normalised
+
+    x = torch.tensor([[0.1, 0.3], [0.5, 0.7]])[None, None]  # std (population) sqrt(0.05) = 0.2236
+    y = contrast_normalised(torch.cat([x, torch.full_like(x, 0.4)]), 0.2)
+    torch.testing.assert_close(y[0], x[0] * (0.2 / np.sqrt(0.05)))
+    torch.testing.assert_close(y[1], torch.full_like(x[0], 0.4))  # a constant image is left as it is
+    assert contrast_normalised(x, 0.0) is x
+    for bad in (-0.1, float("inf"), "a"):
+        with pytest.raises(ValueError, match="input_std must be a finite number >= 0"):
+            KeyNetDetector(network=Identity(), input_std=bad)
+
+
 def test_mask_keeps_keypoints_inside_only():
     img = blob_image(96, 128, [(30, 40), (90, 50)])
     mask = np.zeros((96, 128), bool)

@@ -35,7 +35,8 @@ def test_onnx_detector_gives_the_same_keypoints(onnx_path, reference_weights, da
     assert same.mean() >= 0.99
 
 
-@pytest.fixture(scope="module", params=[{}, {"level_gamma": 1.0, "offset": (0.31, -0.6)}], ids=["paper", "level_gamma_offset"])
+@pytest.fixture(scope="module", params=[{}, {"level_gamma": 1.0, "offset": (0.31, -0.6), "input_std": 0.2}],
+                ids=["paper", "level_gamma_offset_input_std"])
 def detector_onnx(tmp_path_factory, request):
     det = KeyNetDetector(num_keypoints=800, **request.param)
     return det, export_detector_onnx(det, tmp_path_factory.mktemp("onnx") / "keynet_detector.onnx")

@@ -16,6 +16,7 @@ from keynet.train.synthesis import (
     generate_pairs,
     list_images,
     load_or_generate,
+    lower_exposure,
     make_pair,
     random_homography,
     split_images,
@@ -195,3 +196,23 @@ def test_pairs_cli_writes_a_list_that_eval_reads_back(tmp_path: Path):
     with pytest.raises(CLIError, match="--overwrite"):
         cli.main(parser.parse_args(argv))
     assert (tmp_path / "val" / "pairs.txt").read_bytes() == before
+    # --darken: the same pairs, the second views darker by their own draws, the first views and H as they were
+    argv[1] = str(tmp_path / "dark")
+    assert cli.main(parser.parse_args([*argv, "--darken"])) == 0
+    dark = load_dataset(tmp_path / "dark" / "pairs.txt")
+    darker = lower_exposure(expected["dst"], 1)  # seed + 1
+    for i, pair in enumerate(dark.pairs):
+        assert np.array_equal(cv2.imread(str(pair.image_a), cv2.IMREAD_GRAYSCALE), expected["src"][i])
+        b = cv2.imread(str(pair.image_b), cv2.IMREAD_GRAYSCALE)
+        assert np.array_equal(b, darker[i])
+        assert b.mean() < expected["dst"][i].mean()
+        np.testing.assert_allclose(pair.H, expected["H"][i], rtol=1e-9)
+
+
+def test_lower_exposure_by_hand():
+    views = np.full((2, 4, 4), 128, np.uint8)
+    views[1] = 255
+    out = lower_exposure(views, seed=0, gain=(0.5, 0.5), gamma=(2.0, 2.0))
+    assert out.dtype == np.uint8 and (out[0] == 32).all() and (out[1] == 128).all()  # 0.5 (128/255)^2 255 = 32.1
+    a, b = lower_exposure(views, seed=3), lower_exposure(views, seed=3)
+    assert np.array_equal(a, b) and not np.array_equal(a, lower_exposure(views, seed=4))

@@ -4,6 +4,8 @@ list (``DIR/pairs.txt``) for ``keynet eval --data`` and ``keynet train --val-seq
 Example (a validation set from the photos that training holds out)::
 
     keynet pairs --out runs/val_wide --split val --preset wide --num-pairs 200 --crop 384
+
+and one with exposure changes as well: ``keynet pairs --out runs/val_dark --preset released --darken``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-pairs", type=int, default=200, help="(default: %(default)s)")
     p.add_argument("--crop", type=int, default=384, help="side of both views, px (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="the training seed: it also picks the held-out photos (default: %(default)s)")
+    p.add_argument("--darken", action="store_true",
+                   help="also lower the second view's exposure: gain 0.3-1 and gamma 1-2.2, drawn with seed + 1 "
+                        "(a validation set of illumination changes)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing pairs.txt in --out")
 
 
@@ -39,6 +44,7 @@ def main(args: argparse.Namespace) -> int:
         JitterConfig,
         PairConfig,
         generate_pairs,
+        lower_exposure,
         pair_images,
         photo_folder,
         write_pair_list,
@@ -58,6 +64,8 @@ def main(args: argparse.Namespace) -> int:
         pairs = generate_pairs(images, conf)
     except (ValueError, RuntimeError) as e:
         raise CLIError(str(e)) from None
+    if args.darken:
+        pairs["dst"] = lower_exposure(pairs["dst"], args.seed + 1)
     listing = write_pair_list(pairs, out)
     print(f"keynet pairs: wrote {listing} ({args.num_pairs} pairs of {len(images)} photos)", file=sys.stderr)
     return 0

@@ -290,6 +290,20 @@ def load_or_generate(image_dir: str | Path, conf: PairConfig, cache_dir: str | P
     return pairs
 
 
+def lower_exposure(views: np.ndarray, seed: int, gain: tuple[float, float] = (0.3, 1.0),
+                   gamma: tuple[float, float] = (1.0, 2.2)) -> np.ndarray:
+    """(N, S, S) uint8 views as taken with less light: ``g * x ** gamma`` of each view in [0, 1], with
+    g and gamma uniform in their ranges, one draw per view from ``seed``'s stream, back to uint8 (so
+    that dark views also lose gray levels, as a short exposure does). A validation set of exposure
+    changes (``keynet pairs --darken``), stronger than the training jitter."""
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(views)
+    for i, view in enumerate(views):
+        g, gam = rng.uniform(*gain), rng.uniform(*gamma)
+        out[i] = np.clip(np.round(g * (view.astype(np.float32) / 255.0) ** gam * 255.0), 0, 255).astype(np.uint8)
+    return out
+
+
 def write_pair_list(pairs: dict[str, np.ndarray], folder: str | Path) -> Path:
     """Pairs as an image-pair list that ``keynet eval --data`` and ``keynet train --val-sequence``
     read (``keynet.eval.datasets.load_pairs_file``): ``NNNNNN_a.png``, ``NNNNNN_b.png``,

@@ -108,12 +108,14 @@ def test_kornia_lafs_describe_the_keypoints(crop: np.ndarray, feats: dict[str, t
 
 
 def test_npz_of_keynet_detect_matches_extract(tmp_path: Path, data_dir: Path, feats: dict[str, torch.Tensor]) -> None:
+    from keynet import Extractor
     from keynet.cli import main
 
     crop_path = tmp_path / "crop.png"
     cv2.imwrite(str(crop_path), cv2.imread(str(data_dir / "oxford_affine" / "graf" / "img1.png"))[200:440, 300:620])
     assert main(["detect", str(crop_path), "--out", str(tmp_path / "det"), "--model", "tiny",
-                 "--num-keypoints", "200", "--subpixel", "--level-gamma", "1", "--quiet"]) == 0  # the Extractor's defaults
+                 "--num-keypoints", "200", "--subpixel", "--level-gamma", "1", "--quiet",
+                 "--input-std", str(Extractor.default_conf["input_std"])]) == 0  # the Extractor's defaults
     with np.load(tmp_path / "det" / "crop.npz") as npz:
         for k in ("keypoints", "scales", "scores"):
             np.testing.assert_allclose(npz[k], feats[k].numpy(), rtol=1e-5, atol=1e-4)

@@ -44,11 +44,12 @@ class Extractor:
         "resize": None,  # longer side, px: larger images are extracted shrunk, keypoints mapped back
         "subpixel": True,  # keypoints at the response's parabola vertex (KeyNetDetector's subpixel)
         "level_gamma": 1.0,  # coarse levels favoured in the top-k (KeyNetDetector's level_gamma; docs/training.md)
+        "input_std": 0.2,  # images scaled to this contrast first: keypoints independent of the exposure
     }
 
     # Options of the Extractor's default_conf that it hands to KeyNetDetector under the same name, with
     # values other than the detector's paper-faithful defaults.
-    detection_options = ("subpixel", "level_gamma")
+    detection_options = ("subpixel", "level_gamma", "input_std")
 
     def __init__(self, detector: KeyNetDetector | None = None, **conf: Any) -> None:
         own = {k: v for k, v in conf.items() if k in self.default_conf}

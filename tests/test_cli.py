@@ -87,6 +87,20 @@ def test_offset_moves_the_keypoints_and_shipped_needs_the_shipped_weights(tmp_pa
     assert not (out / "bad").exists()
 
 
+def test_input_std_is_the_detectors_option(tmp_path, images, capsys):
+    out = tmp_path / "out"
+    assert main(["detect", str(images / "a.png"), "--out", str(out), "--input-std", "0.2", "--num-keypoints", "200"]) == 0
+    img = cv2.imread(str(images / "a.png"), cv2.IMREAD_GRAYSCALE)
+    expected = KeyNetDetector(num_keypoints=200, input_std=0.2).detect(img)
+    np.testing.assert_allclose(np.load(out / "a.npz")["keypoints"], expected["keypoints"].numpy(), atol=1e-4)
+    for bad in ("-0.5", "nan"):
+        capsys.readouterr()
+        assert main(["detect", str(images / "a.png"), "--out", str(out / "bad"), "--input-std", bad]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("keynet detect: --input-std must be") and "\n" not in err
+    assert not (out / "bad").exists()
+
+
 def test_export_writes_a_working_onnx_network_and_detector(tmp_path, reference_weights, data_dir):
     from keynet.export import OnnxDetector, OnnxResponse
 

@@ -83,6 +83,26 @@ def test_extract_offset_shipped_gives_the_extractors_calibrated_keypoints(tmp_pa
     assert "other settings" in capsys.readouterr().err
 
 
+def test_extract_input_std_defaults_to_the_extractors_and_turns_off(tmp_path: Path, data_dir: Path, capsys) -> None:
+    from keynet import Extractor
+
+    images = tmp_path / "images"
+    name = make_folder(images, data_dir, 1)[0]
+    for flag, conf, out in (([], {}, "default.h5"), (["--input-std", "0"], {"input_std": 0.0}, "off.h5")):
+        assert main(["extract", str(images), "--out", str(tmp_path / out), *flag, *FAST]) == 0
+        expected = Extractor(model="tiny", num_keypoints=100, **conf).extract(images / name)["keypoints"].numpy()
+        with h5py.File(tmp_path / out, "r") as fd:
+            np.testing.assert_allclose(fd[f"{name}/keypoints"][()], expected, atol=1e-4)
+    with h5py.File(tmp_path / "default.h5", "r") as a, h5py.File(tmp_path / "off.h5", "r") as b:
+        assert a[f"{name}/keypoints"].shape != b[f"{name}/keypoints"].shape or not np.allclose(
+            a[f"{name}/keypoints"][()], b[f"{name}/keypoints"][()], atol=1e-3)
+    capsys.readouterr()
+    assert main(["extract", str(images), "--out", str(tmp_path / "bad.h5"), "--input-std", "-1", *FAST]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("keynet extract: --input-std must be") and "\n" not in err
+    assert not (tmp_path / "bad.h5").exists()
+
+
 def test_extract_refuses_bad_inputs(tmp_path: Path, capsys) -> None:
     assert main(["extract", str(tmp_path / "missing"), "--out", str(tmp_path / "f.h5")]) == 1
     assert "not a folder" in capsys.readouterr().err

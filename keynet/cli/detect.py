@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -42,12 +43,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level-gamma", type=float, default=0.0, metavar="G",
                    help="rank keypoints by score times level downsampling factor ** G; keynet extract uses 1, "
                         "more repeatable under zoom (default: %(default)s, the paper's raw scores)")
+    add_input_std_argument(p, "0, off")
     add_offset_argument(p)
     p.add_argument("--viz", action="store_true",
                    help="also write <stem>.viz.png: the strongest keypoints as circles of their radius")
     p.add_argument("--viz-keypoints", type=int, default=200,
                    help="keypoints drawn by --viz, the strongest first; 0 draws all (default: %(default)s)")
     add_run_options(p)
+
+
+def add_input_std_argument(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--input-std", type=float, default=None, metavar="S",
+                   help="scale each image to a gray-value standard deviation of S before detection, so that the "
+                        f"keypoints do not depend on the exposure; 0: off, the paper's (default: {default})")
+
+
+def input_std_option(args: argparse.Namespace) -> dict:
+    """``KeyNetDetector``'s ``input_std`` of ``--input-std`` (none without it); a bad value is a ``CLIError``."""
+    if args.input_std is None:
+        return {}
+    if not (math.isfinite(args.input_std) and args.input_std >= 0):
+        raise CLIError(f"--input-std must be a finite number >= 0 (0: off), got {args.input_std}")
+    return {"input_std": args.input_std}
 
 
 def add_offset_argument(p: argparse.ArgumentParser) -> None:
@@ -122,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
         unique.append(path)
     images = unique
     detector = make_detector(args, compat=args.compat, subpixel=args.subpixel, level_gamma=args.level_gamma,
-                             **offset_option(args), **detector_speed_options(args))
+                             **input_std_option(args), **offset_option(args), **detector_speed_options(args))
     label = f"{'Tiny-Key.Net' if args.model == 'tiny' else 'Key.Net'} ({args.weights or 'shipped weights'})"
     out = output_dir(args.out)
     targets = {path: (out / f"{path.stem}.npz", out / f"{path.stem}.viz.png") for path in images}

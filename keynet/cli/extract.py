@@ -22,7 +22,7 @@ from .common import (
     output_file_parent,
     require,
 )
-from .detect import add_offset_argument, make_detector, offset_option
+from .detect import add_input_std_argument, add_offset_argument, input_std_option, make_detector, offset_option
 
 HELP = "extract local features (keypoints, orientation, descriptors) of a folder into an hloc features.h5"
 
@@ -39,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--multiple-orientations", action="store_true",
                    help="gradient: one more keypoint per secondary orientation peak (SIFT's rule)")
     add_model_options(p)
+    add_input_std_argument(p, "0.2, the Extractor's")
     add_offset_argument(p)
     add_run_options(p)
     g = p.add_argument_group("beyond one process")
@@ -80,8 +81,8 @@ def main(args: argparse.Namespace) -> int:
         out.unlink(missing_ok=True)
     # Built here also for --ray (whose actors build their own): bad options fail in one line before Ray starts.
     # The Extractor's detector options, not KeyNetDetector's paper-faithful defaults.
-    offset = offset_option(args)
-    detection = {**{k: Extractor.default_conf[k] for k in Extractor.detection_options}, **offset}
+    options = {**input_std_option(args), **offset_option(args)}
+    detection = {**{k: Extractor.default_conf[k] for k in Extractor.detection_options}, **options}
     detector = make_detector(args, **detection)
     try:
         extractor = Extractor(detector=detector, descriptor=args.descriptor, orientation=args.orientation,
@@ -97,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
     }
     try:
         if args.ray:
-            report = _extract_on_ray(args, images, out, settings, offset)
+            report = _extract_on_ray(args, images, out, settings, options)
         else:
             report = extract_to_h5(images, args.folder, out, extractor, settings, progress=not args.quiet)
     except ValueError as e:  # settings differ from the file's
@@ -110,13 +111,13 @@ def main(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _extract_on_ray(args: argparse.Namespace, images: list[Path], out: Path, settings: dict, offset: dict):
+def _extract_on_ray(args: argparse.Namespace, images: list[Path], out: Path, settings: dict, options: dict):
     require("ray", "ray", "--ray")
     from keynet.pipelines.distributed import extract_with_ray
 
     check_positive(args.workers, "--workers")
     conf = {"model": args.model, "weights": str(args.weights) if args.weights else None,
             "num_keypoints": args.num_keypoints, "device": args.device, "descriptor": args.descriptor,
-            "orientation": args.orientation, "multiple_orientations": args.multiple_orientations, **offset}
+            "orientation": args.orientation, "multiple_orientations": args.multiple_orientations, **options}
     return extract_with_ray(images, args.folder, out, conf, settings, workers=args.workers,
                             threads_per_worker=args.threads or 1, address=args.ray_address)

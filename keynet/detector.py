@@ -97,6 +97,18 @@ def subpixel_offsets(score: torch.Tensor, v: torch.Tensor, u: torch.Tensor) -> t
     return du, dv
 
 
+def checked_input_std(value: Any, name: str = "input_std") -> float:
+    """``value`` as the ``input_std`` option (a float); anything but a finite number >= 0 is a
+    ``ValueError`` that calls it ``name``."""
+    try:
+        std = float(value)
+    except (TypeError, ValueError):
+        std = math.nan
+    if not (math.isfinite(std) and std >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0 (0: off), got {value!r}")
+    return std
+
+
 def contrast_normalised(image: torch.Tensor, std: float) -> torch.Tensor:
     """(B, 1, H, W) ``image`` with each image scaled to standard deviation ``std`` (unchanged if 0).
 
@@ -297,13 +309,7 @@ class KeyNetDetector(nn.Module):
         if len(offset) != 2 or not all(map(math.isfinite, offset)):
             raise ValueError(f"offset must be two finite numbers (dx, dy) in level pixels, got {c['offset']!r}")
         c["offset"] = offset
-        try:
-            input_std = float(c["input_std"])
-        except (TypeError, ValueError):
-            input_std = math.nan
-        if not (math.isfinite(input_std) and input_std >= 0):
-            raise ValueError(f"input_std must be a finite number >= 0 (0: off), got {c['input_std']!r}")
-        c["input_std"] = input_std
+        c["input_std"] = checked_input_std(c["input_std"])
         net = network if network is not None else load_model(weights, model)
         if c["precision"] != "float32" and not isinstance(net, KeyNet):
             raise ValueError(f"precision={c['precision']!r} applies to a Key.Net network, not to {type(net).__name__}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -62,9 +61,12 @@ def input_std_option(args: argparse.Namespace) -> dict:
     """``KeyNetDetector``'s ``input_std`` of ``--input-std`` (none without it); a bad value is a ``CLIError``."""
     if args.input_std is None:
         return {}
-    if not (math.isfinite(args.input_std) and args.input_std >= 0):
-        raise CLIError(f"--input-std must be a finite number >= 0 (0: off), got {args.input_std}")
-    return {"input_std": args.input_std}
+    from keynet.detector import checked_input_std
+
+    try:
+        return {"input_std": checked_input_std(args.input_std, "--input-std")}
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def add_offset_argument(p: argparse.ArgumentParser) -> None:

@@ -84,6 +84,8 @@ def test_border_rule_keeps_whole_patches_or_their_inscribed_circles():
     assert _inside(kps, r, 100, "circle").tolist() == [True, True, True, False]
     with pytest.raises(ValueError, match="border must be one of"):
         patch_pairs({"H": np.eye(3)[None]}, 10, border="disc")
+    with pytest.raises(ValueError, match="keypoints must be one of subpixel, extractor"):
+        patch_pairs({"H": np.eye(3)[None]}, 10, keypoints="sift")
 
 
 def test_hardest_triplet_loss_by_hand():

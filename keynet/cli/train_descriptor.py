@@ -14,7 +14,7 @@ import datetime
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from keynet.train.descriptor import DescriptorTrainConfig
+from keynet.train.descriptor import KEYPOINT_OPTIONS, DescriptorTrainConfig
 from keynet.train.synthesis import HOMOGRAPHY_PRESETS
 
 from .common import CLIError, check_training_run, run_provenance
@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--crop", type=int, default=d.crop, help="crop side, px (default: %(default)s)")
     a("--preset", choices=sorted(HOMOGRAPHY_PRESETS), default=d.preset, help="homography ranges (default: %(default)s)")
     a("--num-keypoints", type=int, default=d.num_keypoints, help="Key.Net keypoints per crop (default: %(default)s)")
+    a("--keypoints", choices=KEYPOINT_OPTIONS, default=d.keypoints,
+      help="detect them with the detector's defaults and sub-pixel positions, or with the Extractor's options "
+           "(sub-pixel, level_gamma, input_std) (default: %(default)s)")
     a("--positives", choices=["detected", "mapped"], default=d.positives,
       help="positive patch at the other view's own repeating detection, or at the mapped keypoint (default: %(default)s)")
     a("--min-overlap", type=float, default=d.min_overlap,
@@ -40,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--border", choices=["square", "circle"], default=d.border,
       help="keep a keypoint if all of its patch (square) or the patch's inscribed circle lies inside both views; "
            "circle keeps more coarse-level keypoints, padding the corners by the edge (default: %(default)s)")
+    a("--width", type=float, default=d.width,
+      help="channels of kornia's HardNet scaled by this; 0.5 costs about a third of the time per step (default: %(default)s)")
     a("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
     a("--batch-size", type=int, default=d.batch_size, help="patch pairs per step (default: %(default)s)")
     a("--lr", type=float, default=d.lr, help="Adam learning rate, cosine decay to 1/100 (default: %(default)s)")

@@ -96,9 +96,15 @@ ARCHITECTURES = ("tfeat", "hardnet", "sosnet", "hynet")
 SHIPPED_DESCRIPTOR = Path(__file__).resolve().parents[1] / "weights" / "descriptor.pth"
 
 
-def _kornia_net(arch: str) -> nn.Module:
+def _kornia_net(arch: str, state: dict[str, torch.Tensor]) -> nn.Module:
+    """An untrained network of ``arch`` for ``state``: HardNet at the width of the state's
+    channels (``ScaledHardNet``, kornia's HardNet at width 1)."""
     import kornia.feature as KF
 
+    from .patchnet import ScaledHardNet
+
+    if arch == "hardnet" and "features.0.weight" in state:
+        return ScaledHardNet(ScaledHardNet.width_of(state))
     nets = {"tfeat": KF.TFeat, "hardnet": KF.HardNet, "sosnet": KF.SOSNet, "hynet": KF.HyNet}
     return nets[arch](pretrained=False)
 
@@ -117,7 +123,8 @@ def _affnet_hardtfeat_state(state: dict[str, torch.Tensor]) -> dict[str, torch.T
 
 
 def load_patch_network(weights: str | Path, arch: str | None = None) -> tuple[str, nn.Module]:
-    """A kornia patch network with the weights of a local file: ``arch`` one of ``ARCHITECTURES``,
+    """A kornia patch network with the weights of a local file: ``arch`` one of ``ARCHITECTURES``
+    (``hardnet`` at any width, ``keynet.features.patchnet``),
     or None to take the first whose parameters the file fits exactly (``strict`` loading).
     TFeat also reads AffNet's ``HardTFeat.pth``. Returns (arch, network in eval mode)."""
     from keynet.weights import load_state_dict_file
@@ -129,7 +136,7 @@ def load_patch_network(weights: str | Path, arch: str | None = None) -> tuple[st
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     errors = []
     for name in [arch] if arch else ARCHITECTURES:
-        net = _kornia_net(name)
+        net = _kornia_net(name, state)
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as e:

@@ -48,9 +48,11 @@ class DescriptorTrainConfig(RunFolders):
     crop: int = 256
     preset: str = "paper"
     num_keypoints: int = 300  # Key.Net detections per crop, before the visibility check
+    keypoints: str = "subpixel"  # the detector's defaults + sub-pixel positions, or "extractor": as the Extractor detects them
     positives: str = "detected"  # "detected": the other view's own detection; "mapped": the mapped keypoint
     min_overlap: float = 0.6  # "detected": circle IoU of the mapped keypoint and the detection (Key.Net's protocol)
     border: str = "square"  # the part of each patch that must lie inside both crops: "square" (all of it) or "circle"
+    width: float = 1.0  # channels of kornia's HardNet scaled by this (keynet.features.patchnet.ScaledHardNet)
     epochs: int = 3
     batch_size: int = 512
     lr: float = 1e-3  # Adam, cosine decay to lr / 100
@@ -84,6 +86,7 @@ def map_keypoints(h: np.ndarray, keypoints: np.ndarray, scales: np.ndarray) -> t
     return mapped, scales * np.sqrt(np.abs(np.linalg.det(jac)))
 
 
+KEYPOINT_OPTIONS = ("subpixel", "extractor")  # patch_pairs' keypoints: the detector's defaults + sub-pixel, the Extractor's
 BORDER_REACH = {"square": np.sqrt(2.0), "circle": 1.0}  # radii of the rotated patch's corners, of its inscribed circle
 
 
@@ -116,7 +119,8 @@ def detected_positives(kps_d: np.ndarray, r_d: np.ndarray, found: np.ndarray, r_
 
 
 def patch_pairs(pairs: dict[str, np.ndarray], num_keypoints: int, progress: bool = True,
-                positives: str = "mapped", min_overlap: float = 0.6, border: str = "square") -> dict[str, np.ndarray]:
+                positives: str = "mapped", min_overlap: float = 0.6, border: str = "square",
+                keypoints: str = "subpixel") -> dict[str, np.ndarray]:
     """Corresponding (N, 32, 32) uint8 ``anchor`` and ``positive`` patches of the image ``pairs``
     (``src``, ``dst``, ``H`` as made by ``keynet.train.synthesis``), and ``pair`` (N,) the index of
     the image pair each comes from. The positive is sampled at the anchor keypoint mapped into the
@@ -124,16 +128,23 @@ def patch_pairs(pairs: dict[str, np.ndarray], num_keypoints: int, progress: bool
     repeats it (``"detected"``: ``detected_positives``), so that the network also meets the
     detector's position and scale errors, as at test time. Keypoints whose patch (``border="square"``)
     or its inscribed circle (``"circle"``: more of the coarse levels, which a small crop rarely holds
-    whole) leaves either view are dropped."""
+    whole) leaves either view are dropped. Keypoints are detected with the detector's defaults and
+    sub-pixel positions (``keypoints="subpixel"``, the shipped recipe's) or with the Extractor's
+    detection options (``"extractor"``: the keypoints the descriptor meets in use)."""
     from keynet.detector import KeyNetDetector
     from keynet.features.descriptors import extract_patches
+    from keynet.features.extractor import Extractor
     from keynet.features.orientation import GradientOrientation
 
     if positives not in ("mapped", "detected"):
         raise ValueError(f"positives must be 'mapped' or 'detected', not {positives!r}")
     if border not in BORDER_REACH:
         raise ValueError(f"border must be one of {', '.join(BORDER_REACH)}, not {border!r}")
-    detector = KeyNetDetector(num_keypoints=num_keypoints, subpixel=True)
+    if keypoints not in KEYPOINT_OPTIONS:
+        raise ValueError(f"keypoints must be one of {', '.join(KEYPOINT_OPTIONS)}, not {keypoints!r}")
+    options = ({k: Extractor.default_conf[k] for k in Extractor.detection_options} if keypoints == "extractor"
+               else {"subpixel": True})
+    detector = KeyNetDetector(num_keypoints=num_keypoints, **options)
     orientation = GradientOrientation()
     anchor_patches, positive_patches, index = [], [], []
     for i in tqdm(range(len(pairs["H"])), desc="patches", disable=not progress, mininterval=2.0):
@@ -182,7 +193,8 @@ def load_or_make_patches(conf: DescriptorTrainConfig, split: str, progress: bool
         with np.load(path) as f:
             return {k: f[k] for k in ("anchor", "positive", "pair")}
     pairs = load_or_generate(conf.resolved_image_dir(), pair_config(conf, split), conf.resolved_cache_dir(), progress)
-    patches = patch_pairs(pairs, conf.num_keypoints, progress, conf.positives, conf.min_overlap, conf.border)
+    patches = patch_pairs(pairs, conf.num_keypoints, progress, conf.positives, conf.min_overlap, conf.border,
+                          conf.keypoints)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: np.savez(tmp, **patches))
     return patches
@@ -242,11 +254,11 @@ def _run_defining(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in ("out_dir", "cache_dir", "threads", "max_steps", "max_minutes")}
 
 
-def new_network(seed: int) -> torch.nn.Module:
-    import kornia.feature as KF
+def new_network(seed: int, width: float = 1.0) -> torch.nn.Module:
+    from keynet.features.patchnet import ScaledHardNet
 
     torch.manual_seed(seed)
-    return KF.HardNet(pretrained=False)
+    return ScaledHardNet(width)
 
 
 def train_descriptor(conf: DescriptorTrainConfig, resume: bool = False, progress: bool = True,
@@ -271,7 +283,7 @@ def train_descriptor(conf: DescriptorTrainConfig, resume: bool = False, progress
     log(f"{n} training and {len(val_set['anchor'])} validation patch pairs, {total} steps "
         f"({time.perf_counter() - t0:.0f} s of patch synthesis)")
 
-    net = new_network(conf.seed)
+    net = new_network(conf.seed, conf.width)
     opt = torch.optim.Adam(net.parameters(), lr=conf.lr, weight_decay=conf.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * min(s / schedule, 1.0))))
     step, best, wall_before = 0, {"step": -1, "val_accuracy": -1.0}, 0.0

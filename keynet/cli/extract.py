@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
     # Built here also for --ray (whose actors build their own): bad options fail in one line before Ray starts.
     # The Extractor's detector options, not KeyNetDetector's paper-faithful defaults.
     options = {**input_std_option(args), **offset_option(args)}
-    detection = {**{k: Extractor.default_conf[k] for k in Extractor.detection_options}, **options}
+    detection = {**Extractor.default_detection(), **options}
     detector = make_detector(args, **detection)
     try:
         extractor = Extractor(detector=detector, descriptor=args.descriptor, orientation=args.orientation,

@@ -51,6 +51,11 @@ class Extractor:
     # values other than the detector's paper-faithful defaults.
     detection_options = ("subpixel", "level_gamma", "input_std")
 
+    @classmethod
+    def default_detection(cls) -> dict[str, Any]:
+        """The ``KeyNetDetector`` options an Extractor sets by default: ``detection_options`` of ``default_conf``."""
+        return {k: cls.default_conf[k] for k in cls.detection_options}
+
     def __init__(self, detector: KeyNetDetector | None = None, **conf: Any) -> None:
         own = {k: v for k, v in conf.items() if k in self.default_conf}
         detector_conf = {k: v for k, v in conf.items() if k not in self.default_conf}

@@ -142,8 +142,7 @@ def patch_pairs(pairs: dict[str, np.ndarray], num_keypoints: int, progress: bool
         raise ValueError(f"border must be one of {', '.join(BORDER_REACH)}, not {border!r}")
     if keypoints not in KEYPOINT_OPTIONS:
         raise ValueError(f"keypoints must be one of {', '.join(KEYPOINT_OPTIONS)}, not {keypoints!r}")
-    options = ({k: Extractor.default_conf[k] for k in Extractor.detection_options} if keypoints == "extractor"
-               else {"subpixel": True})
+    options = Extractor.default_detection() if keypoints == "extractor" else {"subpixel": True}
     detector = KeyNetDetector(num_keypoints=num_keypoints, **options)
     orientation = GradientOrientation()
     anchor_patches, positive_patches, index = [], [], []

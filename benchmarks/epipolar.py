@@ -19,12 +19,8 @@ import numpy as np
 import torch
 from kornia.geometry.epipolar import cross_product_matrix, fundamental_from_essential, sampson_epipolar_distance
 
-from keynet.eval.pose import strecha_pairs
-from keynet.features import Extractor
-from keynet.features.extractor import resize_for_extraction, to_original_pixels
-from keynet.io.image import load_image
-from keynet.matching.matchers import Matcher, matches_to_pairs
-from keynet.paths import shared_data_dir
+from keynet.matching.matchers import Matcher
+from pose import extract_all, fountain, keynet_fn, match_pairs  # benchmarks/pose.py
 
 
 def main() -> None:
@@ -32,25 +28,15 @@ def main() -> None:
     p.add_argument("--max-size", type=int, default=1600)
     p.add_argument("--num-keypoints", type=int, default=8192)
     args = p.parse_args()
-    root = shared_data_dir() / "multiview" / "strecha_fountain_p11"
-    names = [f"000{i}.jpg" for i in range(6)]
-    pairs = strecha_pairs(root / "gt_dense_cameras", names)
-    images = {n: load_image(root / "images" / n) for n in names}
+    pairs, images = fountain()
     matcher = Matcher("smnn", 0.85)
     print("| detection | levels | matches | < 0.5 px | < 1 px | median (px) |\n|---|---|---:|---:|---:|---:|")
     variants = {"Extractor's": {}, "input_std=0": {"input_std": 0.0}, "offset=shipped": {"offset": "shipped"}}
     for variant, options in variants.items():
-        extractor = Extractor(descriptor="rootsift", orientation="upright", num_keypoints=args.num_keypoints,
-                              **options)
-        feats = {}
-        for n, image in images.items():
-            small, sx, sy = resize_for_extraction(image, args.max_size)
-            f = {k: v.numpy() for k, v in extractor.extract(small).items()}
-            feats[n] = to_original_pixels(f["keypoints"], sx, sy), f["descriptors"], f["scales"]
+        feats = extract_all(keynet_fn("rootsift", args.num_keypoints, **options), images, args.max_size)
         errors = {"same": [], "different": []}
-        for pair in pairs:
-            (k0, d0, s0), (k1, d1, s1) = feats[pair.name0], feats[pair.name1]
-            m = matches_to_pairs(matcher.match(d0, d1)[0])
+        for pair, m in zip(pairs, match_pairs(matcher, feats, pairs)):
+            (k0, s0), (k1, s1) = ((feats[n]["keypoints"], feats[n]["scales"]) for n in (pair.name0, pair.name1))
             E = cross_product_matrix(torch.from_numpy(pair.t.reshape(1, 3))) @ torch.from_numpy(pair.R)[None]
             F = fundamental_from_essential(E, torch.from_numpy(pair.K0)[None], torch.from_numpy(pair.K1)[None])
             d = sampson_epipolar_distance(torch.from_numpy(k0[m[:, 0]]).double()[None],

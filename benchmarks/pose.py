@@ -48,10 +48,33 @@ def opencv_fn(kind: str, n: int):
     return extract
 
 
-def keynet_fn(descriptor: str, num_keypoints: int):
-    """Upright Key.Net features of an (H, W) image as numpy arrays."""
-    extractor = Extractor(descriptor=descriptor, orientation="upright", num_keypoints=num_keypoints)
+def keynet_fn(descriptor: str, num_keypoints: int, **options):
+    """Upright Key.Net features of an (H, W) image as numpy arrays (``options``: more Extractor options)."""
+    extractor = Extractor(descriptor=descriptor, orientation="upright", num_keypoints=num_keypoints, **options)
     return lambda image: {k: v.numpy() for k, v in extractor.extract(image).items()}
+
+
+def fountain() -> tuple[list, dict[str, np.ndarray]]:
+    """The Strecha fountain's 15 pairs with ground-truth cameras, and its 6 photos by name."""
+    root = shared_data_dir() / "multiview" / "strecha_fountain_p11"
+    names = [f"000{i}.jpg" for i in range(6)]
+    return strecha_pairs(root / "gt_dense_cameras", names), {n: load_image(root / "images" / n) for n in names}
+
+
+def extract_all(extract, images: dict[str, np.ndarray], max_size: int) -> dict[str, dict[str, np.ndarray]]:
+    """``extract`` of each image shrunk to at most ``max_size`` px, keypoints in the image's own pixels."""
+    feats = {}
+    for name, image in images.items():
+        small, sx, sy = resize_for_extraction(image, max_size)
+        f = extract(small)
+        feats[name] = {**f, "keypoints": to_original_pixels(f["keypoints"], sx, sy)}
+    return feats
+
+
+def match_pairs(matcher: Matcher, feats: dict[str, dict[str, np.ndarray]], pairs: list) -> list[np.ndarray]:
+    """(M, 2) indices of each pair's matches, in the order of ``pairs``."""
+    return [matches_to_pairs(matcher.match(feats[p.name0]["descriptors"], feats[p.name1]["descriptors"])[0])
+            for p in pairs]
 
 
 def main() -> None:
@@ -61,10 +84,7 @@ def main() -> None:
     p.add_argument("--ratio", type=float, default=0.85)
     p.add_argument("--threshold", type=float, default=1.0, help="inlier threshold, px (default: %(default)s)")
     args = p.parse_args()
-    root_dir = shared_data_dir() / "multiview" / "strecha_fountain_p11"
-    names = [f"000{i}.jpg" for i in range(6)]
-    pairs = strecha_pairs(root_dir / "gt_dense_cameras", names)
-    images = {n: load_image(root_dir / "images" / n) for n in names}
+    pairs, images = fountain()
     methods = {
         "OpenCV SIFT": opencv_fn("sift", args.num_keypoints),
         "OpenCV RootSIFT": opencv_fn("rootsift", args.num_keypoints),
@@ -78,22 +98,14 @@ def main() -> None:
           "|---|---|---|---|---|---|---|---|")
     for label, extract in methods.items():
         start = time.perf_counter()
-        feats = {}
-        for n, image in images.items():
-            small, sx, sy = resize_for_extraction(image, args.max_size)
-            f = extract(small)
-            feats[n] = (to_original_pixels(f["keypoints"], sx, sy), f["descriptors"])
+        feats = extract_all(extract, images, args.max_size)
         seconds = time.perf_counter() - start
-        matches = {}
-        for pair in pairs:
-            (kp0, d0), (kp1, d1) = feats[pair.name0], feats[pair.name1]
-            m = matches_to_pairs(matcher.match(d0, d1)[0])
-            matches[pair.name0, pair.name1] = kp0[m[:, 0]], kp1[m[:, 1]]
-        count = np.median([len(x0) for x0, _ in matches.values()])
+        matches = [(feats[p.name0]["keypoints"][m[:, 0]], feats[p.name1]["keypoints"][m[:, 1]])
+                   for p, m in zip(pairs, match_pairs(matcher, feats, pairs))]
+        count = np.median([len(x0) for x0, _ in matches])
         for estimator, method in estimators.items():
             errors, inliers = [], []
-            for pair in pairs:
-                x0, x1 = matches[pair.name0, pair.name1]
+            for pair, (x0, x1) in zip(pairs, matches):
                 g = estimate_essential(x0, x1, pair.K0, pair.K1, args.threshold, 0.99999, method=method)
                 pose = recover_pose(g, x0, x1, pair.K0, pair.K1)
                 errors.append(pose_error(*(pose or (None, None)), pair.R, pair.t))

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
+import pytest
 
 from keynet.cli import main
 
@@ -97,6 +98,9 @@ def test_extract_input_std_defaults_to_the_extractors_and_turns_off(tmp_path: Pa
         assert a[f"{name}/keypoints"].shape != b[f"{name}/keypoints"].shape or not np.allclose(
             a[f"{name}/keypoints"][()], b[f"{name}/keypoints"][()], atol=1e-3)
     capsys.readouterr()
+    with pytest.raises(SystemExit):  # the help's default (a literal: the CLI does not import torch to list options)
+        main(["extract", "--help"])
+    assert f"(default: {Extractor.default_conf['input_std']}, the Extractor's)" in " ".join(capsys.readouterr().out.split())
     assert main(["extract", str(images), "--out", str(tmp_path / "bad.h5"), "--input-std", "-1", *FAST]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("keynet extract: --input-std must be") and "\n" not in err

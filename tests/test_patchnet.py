@@ -36,12 +36,15 @@ def test_half_width_has_a_quarter_of_the_convolutions(tmp_path: Path):
     assert half_3x3 / full_3x3 == pytest.approx(0.25, abs=0.01)
     out = half(torch.rand(4, 1, 32, 32))
     assert out.shape == (4, 128) and torch.allclose(out.norm(dim=1), torch.ones(4), atol=1e-5)
-    # a weights file of it loads as "hardnet" (its width read from the weights), or found without a name
-    torch.save({"state_dict": half.state_dict()}, tmp_path / "half.pth")
+    # a weights file of it loads as "hardnet" (its channels read from the weights), or found without a name
     x = torch.rand(3, 1, 32, 32)
-    for arch in ("hardnet", None):
-        name, net = load_patch_network(tmp_path / "half.pth", arch)
-        assert name == "hardnet" and net.width == 0.5
-        np.testing.assert_allclose(net(x).detach().numpy(), half(x).detach().numpy(), atol=1e-6)
+    for width, channels in ((0.5, (16, 16, 32, 32, 64, 64)), (0.3, (10, 10, 19, 19, 38, 38))):
+        net_w = ScaledHardNet(width).eval()
+        assert net_w.channels == channels  # 0.3: each count rounded on its own, not a multiple of the first
+        torch.save({"state_dict": net_w.state_dict()}, tmp_path / f"w{width}.pth")
+        for arch in ("hardnet", None):
+            name, net = load_patch_network(tmp_path / f"w{width}.pth", arch)
+            assert name == "hardnet" and net.channels == channels
+            np.testing.assert_allclose(net(x).detach().numpy(), net_w(x).detach().numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="width must be positive"):
         ScaledHardNet(0.0)

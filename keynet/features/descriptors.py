@@ -97,14 +97,15 @@ SHIPPED_DESCRIPTOR = Path(__file__).resolve().parents[1] / "weights" / "descript
 
 
 def _kornia_net(arch: str, state: dict[str, torch.Tensor]) -> nn.Module:
-    """An untrained network of ``arch`` for ``state``: HardNet at the width of the state's
-    channels (``ScaledHardNet``, kornia's HardNet at width 1)."""
+    """An untrained network of ``arch`` for ``state``: HardNet with the state's channel counts
+    (``ScaledHardNet``, kornia's HardNet at full width)."""
     import kornia.feature as KF
 
     from .patchnet import ScaledHardNet
 
-    if arch == "hardnet" and "features.0.weight" in state:
-        return ScaledHardNet(ScaledHardNet.width_of(state))
+    channels = ScaledHardNet.channels_of(state) if arch == "hardnet" else None
+    if channels:
+        return ScaledHardNet(channels=channels)
     nets = {"tfeat": KF.TFeat, "hardnet": KF.HardNet, "sosnet": KF.SOSNet, "hynet": KF.HyNet}
     return nets[arch](pretrained=False)
 

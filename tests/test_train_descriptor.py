@@ -147,6 +147,13 @@ def test_blur_options_blur_the_second_views_and_the_defaults_keep_the_pairs(imag
         train_descriptor(small_conf(image_dir, tmp_path / "bad", blur_sigma=0.2), progress=False, log=lambda _: None)
 
 
+def test_a_bad_width_is_refused_before_the_patch_synthesis(image_dir: Path, tmp_path: Path):
+    conf = small_conf(image_dir, tmp_path / "run", width=0.0)
+    with pytest.raises(ValueError, match="width must be positive, not 0.0"):
+        train_descriptor(conf, progress=False, log=lambda _: None)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()  # no pairs or patches made
+
+
 def test_patch_jitter_changes_exposure_per_patch_and_p0_is_identity():
     torch.manual_seed(0)
     flat = torch.full((64, 1, 32, 32), 0.5)

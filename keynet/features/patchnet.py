@@ -27,9 +27,7 @@ class ScaledHardNet(KF.HardNet):
 
     def __init__(self, width: float = 1.0, channels: Sequence[int] | None = None) -> None:
         if channels is None:
-            if width <= 0:
-                raise ValueError(f"width must be positive, not {width}")
-            channels = [max(1, round(c * width)) for c in BASE_CHANNELS]
+            channels = self.scaled_channels(width)
         nn.Module.__init__(self)  # kornia's __init__ would build (and seed-draw) the full-width layers
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip([1, *channels[:-1]], channels)):
@@ -40,6 +38,14 @@ class ScaledHardNet(KF.HardNet):
                    nn.BatchNorm2d(128, affine=False)]
         self.features = nn.Sequential(*layers)
         self.channels = tuple(channels)
+
+    @staticmethod
+    def scaled_channels(width: float) -> list[int]:
+        """The six channel counts at ``width`` (``round(c * width)``, at least 1); a width that is not
+        positive is refused."""
+        if not width > 0:
+            raise ValueError(f"width must be positive, not {width}")
+        return [max(1, round(c * width)) for c in BASE_CHANNELS]
 
     @staticmethod
     def channels_of(state: dict[str, torch.Tensor]) -> list[int] | None:

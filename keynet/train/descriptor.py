@@ -263,10 +263,13 @@ def new_network(seed: int, width: float = 1.0) -> torch.nn.Module:
 def train_descriptor(conf: DescriptorTrainConfig, resume: bool = False, progress: bool = True,
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume from ``<out>/last.pt``) a descriptor training run; returns a summary."""
+    from keynet.features.patchnet import ScaledHardNet
+
     t0 = time.perf_counter()
     if not (0.0 <= conf.blur_prob <= 1.0 and conf.blur_sigma >= JitterConfig.blur_sigma[0]):
         raise ValueError(f"blur_prob must be in [0, 1] and blur_sigma at least {JitterConfig.blur_sigma[0]}, "
                          f"not {conf.blur_prob} and {conf.blur_sigma}")
+    ScaledHardNet.scaled_channels(conf.width)  # a bad width is refused before the patch synthesis
     if conf.threads:
         torch.set_num_threads(conf.threads)
     out = Path(conf.out_dir)
